@@ -1,0 +1,34 @@
+"""ray_robust: distributed learning robust to distributional shifts and byzantine workers.
+
+Implements Algorithm 2 of Zhou, Xu, Wang, Tian, "Robust Distributed Learning Against Both
+Distributional Shifts and Byzantine Attacks" (IEEE TNNLS 2025, arXiv 2210.16682) with an
+in-process engine and a Ray actor engine that share one numerical core (``ray_robust.core``).
+"""
+
+from .algorithm import History
+from .api import load_problem, train
+from .config import ALGORITHMS, Config, GuaranteeWarning
+from .core.aggregators import AggregationError, mean, nbs
+from .data import Problem, Shards, load_spambase, prepare
+from .reproduce import ENVIRONMENTS, PAPER_TABLE1, run_table1, summarize_table1
+
+__all__ = [
+    "ALGORITHMS",
+    "ENVIRONMENTS",
+    "PAPER_TABLE1",
+    "AggregationError",
+    "Config",
+    "GuaranteeWarning",
+    "History",
+    "Problem",
+    "Shards",
+    "load_problem",
+    "load_spambase",
+    "mean",
+    "nbs",
+    "prepare",
+    "run_table1",
+    "summarize_table1",
+    "train",
+]
+__version__ = "0.1.0"

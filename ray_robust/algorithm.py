@@ -1,0 +1,202 @@
+"""Algorithm 2 (and its baselines) as one engine-independent loop.
+
+The server side lives here once: the simulated omniscient adversary, message validation,
+aggregation, the step θ ← θ − η·G, and the round's metrics. An engine only supplies
+``compute(theta) -> messages`` (honest workers' local gradients, Algorithm 2 lines 4–7): the
+in-process engine computes them with numpy, the Ray engine gathers them from worker actors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import Config
+from .core.aggregators import AGGREGATORS, Aggregation
+from .core.attacks import ATTACKS
+from .core.models import get_model
+from .core.shift import error_rate
+from .core.wrm import local_gradients
+from .data import Problem, Shards
+
+METRICS = (
+    "round", "train_loss", "test_error", "test_error_shifted", "grad_norm", "n_screened",
+    "n_rejected",
+)
+
+
+def validate_messages(
+    messages: Sequence[Any] | np.ndarray, p: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn whatever the m workers sent into an ``(m, p)`` float64 array.
+
+    A message is valid when it is a numpy float array of shape ``(p,)`` with finite entries.
+    Anything else (None, a string, a list, a wrong shape, complex, object or bool dtype, NaN,
+    Inf, a missing message) becomes a row of NaN, which every aggregator screens out. Returns
+    the array and the boolean ``(m,)`` mask of rejected messages. Never raises.
+    """
+    if (
+        isinstance(messages, np.ndarray)
+        and messages.dtype == np.float64
+        and messages.ndim == 2
+        and messages.shape[1] == p
+    ):
+        grads = messages.copy()  # the in-process engine's honest stack: the fast path
+        rejected = ~np.isfinite(grads).all(axis=1)
+        grads[rejected] = np.nan
+        return grads, rejected
+    m = len(messages)
+    grads = np.full((m, p), np.nan)
+    rejected = np.ones(m, dtype=bool)
+    for i, msg in enumerate(messages):
+        if (
+            isinstance(msg, np.ndarray)
+            and msg.dtype.kind == "f"
+            and msg.shape == (p,)
+        ):
+            with np.errstate(over="ignore", invalid="ignore"):
+                row = msg.astype(np.float64)
+            if np.isfinite(row).all():
+                grads[i] = row
+                rejected[i] = False
+    return grads, rejected
+
+
+@dataclass
+class RunState:
+    """Everything needed to continue a run: θ, the next round, the attack RNG, the history."""
+
+    theta: np.ndarray
+    round: int
+    attack_rng: np.random.Generator
+    rows: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class History:
+    """The result of :func:`run`: per-round metrics, the final θ, and what was run."""
+
+    metrics: pd.DataFrame
+    theta: np.ndarray
+    config: Config
+    byzantine: np.ndarray
+    seconds: float = 0.0
+
+    @property
+    def final(self) -> dict[str, float]:
+        """The last evaluated round's metrics."""
+        return self.metrics.iloc[-1].to_dict()
+
+
+class Server:
+    """Algorithm 2's server for one config: attack, validate, aggregate (NBS/mean), step."""
+
+    def __init__(self, config: Config, problem: Problem):
+        self.config = config
+        self.problem = problem
+        self.model = get_model(config.model)
+        m, d = config.n_workers, problem.X_train.shape[1]
+        if problem.shards.n_workers != m:
+            raise ValueError(
+                f"The problem has {problem.shards.n_workers} shards but the config asks for "
+                f"n_workers = {m}; prepare the problem with the same n_workers."
+            )
+        self.p = self.model.n_params(d)
+        seq = np.random.SeedSequence(config.seed).spawn(4)
+        self._init_seq, byz_seq, self._attack_seq = seq[1], seq[2], seq[3]
+        byz = np.zeros(m, dtype=bool)
+        k = config.n_byzantine
+        if k:
+            byz[np.random.default_rng(byz_seq).choice(m, size=k, replace=False)] = True
+        self.byzantine = byz
+        fn, params = AGGREGATORS[config.aggregator]
+        kwargs = {name: getattr(config, name) for name in params}
+        self._aggregate: Callable[[np.ndarray], Aggregation] = lambda g: fn(g, **kwargs)
+        self._attack = None
+        if config.attack != "none" and k:
+            self._attack = ATTACKS[config.attack][0]
+
+    def initial_state(self) -> RunState:
+        theta0 = self.model.init(
+            self.problem.X_train.shape[1], np.random.default_rng(self._init_seq),
+            self.config.init_scale,
+        )
+        return RunState(theta0, 0, np.random.default_rng(self._attack_seq))
+
+    def step(self, state: RunState, messages: Sequence[Any] | np.ndarray) -> dict | None:
+        """One round's server side (Algorithm 2, lines 9–11); updates ``state`` in place.
+
+        Returns the round's metrics row when this round is evaluated, else None.
+        """
+        cfg = self.config
+        grads, rejected = validate_messages(messages, self.p)
+        if self._attack is not None:
+            honest = grads[~self.byzantine & ~rejected]
+            if len(honest):
+                grads[self.byzantine] = self._attack(
+                    honest, int(self.byzantine.sum()), state.attack_rng, cfg.effective_attack_scale
+                )
+                rejected = rejected & ~self.byzantine
+                bad = ~np.isfinite(grads).all(axis=1)
+                grads[bad], rejected = np.nan, rejected | bad
+        agg = self._aggregate(grads)
+        G = agg.vector
+        state.theta = state.theta - cfg.eta * G
+        state.round += 1
+        if state.round % cfg.eval_every and state.round != cfg.rounds:
+            return None
+        row = self.evaluate(state.theta)
+        row.update(
+            round=state.round, grad_norm=float(np.linalg.norm(G)),
+            n_screened=agg.n_screened, n_rejected=int(rejected.sum()),
+        )
+        state.rows.append(row)
+        return row
+
+    def evaluate(self, theta: np.ndarray) -> dict[str, float]:
+        """Train loss (clean), test error (clean) and test error under the configured shift."""
+        pb, cfg, model = self.problem, self.config, self.model
+        norm = None if cfg.shift_norm == "none" else cfg.shift_norm
+        return {
+            "train_loss": float(model.loss(theta, pb.X_train, pb.y_train).mean()),
+            "test_error": error_rate(model, theta, pb.X_test, pb.y_test),
+            "test_error_shifted": error_rate(model, theta, pb.X_test, pb.y_test, norm,
+                                             cfg.shift_eps),
+        }
+
+    def history(self, state: RunState, seconds: float = 0.0) -> History:
+        df = pd.DataFrame(state.rows, columns=list(METRICS))
+        return History(df, state.theta.copy(), self.config, np.flatnonzero(self.byzantine), seconds)
+
+
+def honest_gradients(config: Config, model, theta: np.ndarray, shards: Shards) -> np.ndarray:
+    """Algorithm 2, lines 5–6 for a stack of shards: the one call both engines make."""
+    return local_gradients(
+        model, theta, shards.X, shards.y, shards.weights,
+        wrm=config.wrm, lam=config.lam, eta_z=config.step_z, t_z=config.t_z,
+    )
+
+
+def run(
+    server: Server,
+    compute: Callable[[np.ndarray], Sequence[Any] | np.ndarray],
+    *,
+    state: RunState | None = None,
+    progress: Callable[[dict], None] | None = None,
+    progress_every: int = 50,
+) -> History:
+    """Algorithm 2's loop: for t < T, messages = compute(θ_t); θ_{t+1} = server step."""
+    state = server.initial_state() if state is None else state
+    t0 = time.perf_counter()
+    while state.round < server.config.rounds:
+        row = server.step(state, compute(state.theta))
+        if progress is not None and row is not None and (
+            state.round % progress_every == 0 or state.round == server.config.rounds
+        ):
+            progress(row)
+    return server.history(state, time.perf_counter() - t0)

@@ -1,0 +1,1 @@
+"""The pure numerical core: models, WRM, aggregators, attacks, test shifts (numpy only)."""
