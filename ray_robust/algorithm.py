@@ -2,8 +2,10 @@
 
 The server side lives here once: the simulated omniscient adversary, message validation,
 aggregation, the step θ ← θ − η·G, and the round's metrics. An engine only supplies
-``compute(theta) -> messages`` (honest workers' local gradients, Algorithm 2 lines 4–7): the
-in-process engine computes them with numpy, the Ray engine gathers them from worker actors.
+``compute(theta, round) -> (messages, info)``: the m workers' messages (honest workers' local
+gradients, Algorithm 2 lines 4–7) and a dict of worker-side statistics for the round's metrics
+(merged over workers with :func:`merge_worker_info`). The in-process engine computes them with
+numpy in one call, the Ray engine gathers them from worker actors.
 """
 
 from __future__ import annotations
@@ -128,7 +130,9 @@ class Server:
         )
         return RunState(theta0, 0, np.random.default_rng(self._attack_seq))
 
-    def step(self, state: RunState, messages: Sequence[Any] | np.ndarray) -> dict | None:
+    def step(
+        self, state: RunState, messages: Sequence[Any] | np.ndarray, info: dict | None = None
+    ) -> dict | None:
         """One round's server side (Algorithm 2, lines 9–11); updates ``state`` in place.
 
         Returns the round's metrics row when this round is evaluated, else None.
@@ -155,6 +159,7 @@ class Server:
             round=state.round, grad_norm=float(np.linalg.norm(G)),
             n_screened=agg.n_screened, n_rejected=int(rejected.sum()),
         )
+        row.update(info or {})
         state.rows.append(row)
         return row
 
@@ -174,27 +179,49 @@ class Server:
         return History(df, state.theta.copy(), self.config, np.flatnonzero(self.byzantine), seconds)
 
 
-def honest_gradients(config: Config, model, theta: np.ndarray, shards: Shards) -> np.ndarray:
-    """Algorithm 2, lines 5–6 for a stack of shards: the one call both engines make."""
-    return local_gradients(
+def honest_gradients(
+    config: Config, model, theta: np.ndarray, shards: Shards, round_index: int
+) -> tuple[np.ndarray, dict]:
+    """Algorithm 2, lines 5–6 for a stack of shards: the one call both engines make.
+
+    Returns the ``(k, p)`` local gradients and a dict of worker-side statistics (empty when
+    there is nothing to report), merged over actors with :func:`merge_worker_info`.
+    """
+    grads = local_gradients(
         model, theta, shards.X, shards.y, shards.weights,
         wrm=config.wrm, lam=config.lam, eta_z=config.step_z, t_z=config.t_z,
     )
+    return grads, {}
+
+
+def merge_worker_info(infos: Sequence[dict]) -> dict:
+    """Combine the statistics dicts of several worker groups (sums; ``*_max`` keys: maxima)."""
+    out: dict = {}
+    for info in infos:
+        for key, value in info.items():
+            if key not in out:
+                out[key] = value
+            elif key.endswith("_max"):
+                out[key] = max(out[key], value)
+            else:
+                out[key] = out[key] + value
+    return out
 
 
 def run(
     server: Server,
-    compute: Callable[[np.ndarray], Sequence[Any] | np.ndarray],
+    compute: Callable[[np.ndarray, int], tuple[Sequence[Any] | np.ndarray, dict]],
     *,
     state: RunState | None = None,
     progress: Callable[[dict], None] | None = None,
     progress_every: int = 50,
 ) -> History:
-    """Algorithm 2's loop: for t < T, messages = compute(θ_t); θ_{t+1} = server step."""
+    """Algorithm 2's loop: for t < T, messages = compute(θ_t, t); θ_{t+1} = server step."""
     state = server.initial_state() if state is None else state
     t0 = time.perf_counter()
     while state.round < server.config.rounds:
-        row = server.step(state, compute(state.theta))
+        messages, info = compute(state.theta, state.round)
+        row = server.step(state, messages, info)
         if progress is not None and row is not None and (
             state.round % progress_every == 0 or state.round == server.config.rounds
         ):

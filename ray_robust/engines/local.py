@@ -13,5 +13,7 @@ from ..data import Problem
 def train_local(config: Config, problem: Problem, **run_kwargs) -> History:
     server = Server(config, problem)
     shards = problem.shards
-    return run(server, lambda theta: honest_gradients(config, server.model, theta, shards),
-               **run_kwargs)
+    return run(
+        server, lambda theta, t: honest_gradients(config, server.model, theta, shards, t),
+        **run_kwargs,
+    )
