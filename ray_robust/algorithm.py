@@ -78,6 +78,21 @@ class RunState:
     attack_rng: np.random.Generator
     rows: list[dict] = field(default_factory=list)
 
+    def to_dict(self) -> dict:
+        """A JSON-able snapshot (θ, round, the attack RNG's bit-generator state, the rows)."""
+        return {"theta": [float(v) for v in self.theta], "round": int(self.round),
+                "attack_rng": self.attack_rng.bit_generator.state,
+                "rows": [dict(r) for r in self.rows]}
+
+    @classmethod
+    def from_dict(cls, snapshot: dict) -> RunState:
+        """Inverse of :meth:`to_dict`: the run continues exactly where the snapshot stopped."""
+        rng_state = snapshot["attack_rng"]
+        bit_generator = getattr(np.random, rng_state["bit_generator"])()
+        bit_generator.state = rng_state
+        return cls(np.asarray(snapshot["theta"], dtype=np.float64), int(snapshot["round"]),
+                   np.random.Generator(bit_generator), [dict(r) for r in snapshot["rows"]])
+
 
 @dataclass
 class History:
