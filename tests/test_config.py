@@ -1,0 +1,71 @@
+"""Config validation: one clear ValueError naming the field; warnings outside the guarantee."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from ray_robust import Config, GuaranteeWarning
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"alpha": 1.0}, "alpha"),
+        ({"alpha": -0.1}, "alpha"),
+        ({"beta": 1.2}, "beta"),
+        ({"lam": 0.0}, "lam"),
+        ({"lam": -1}, "lam"),
+        ({"t_z": -1}, "t_z"),
+        ({"t_z": 2.5}, "t_z"),
+        ({"eta": 0}, "eta"),
+        ({"rounds": 0}, "rounds"),
+        ({"n_workers": 0}, "n_workers"),
+        ({"aggregator": "median-of-dreams"}, "aggregator"),
+        ({"attack": "meteor"}, "attack"),
+        ({"model": "transformer"}, "model"),
+        ({"shift_norm": "l3"}, "shift_norm"),
+        ({"eta_z": -0.1}, "eta_z"),
+        ({"lam": float("nan")}, "lam"),
+        ({"wrm": "yes"}, "wrm"),
+        ({"beta": 0.99}, "beta"),  # NBS would screen every input
+        ({"algorithm": "sgd"}, "algorithm"),
+    ],
+)
+def test_bad_values_name_the_field(values, field):
+    with pytest.raises(ValueError, match=f"'{field}'"):
+        Config.from_dict(values)
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match=r"Unknown config parameter\(s\) \['lamda'\].*'lam'"):
+        Config.from_dict({"lamda": 3})
+    with pytest.raises(ValueError, match=r"one of \['aggressive'"):
+        Config(attack="agressive")
+
+
+def test_paper_setting_is_silent_and_outside_settings_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = Config(alpha=0.15, beta=0.15, attack="aggressive")  # Table I: αm = βm = 3
+    assert (cfg.n_byzantine, cfg.n_screened, cfg.algorithm) == (3, 3, "alg2")
+    with pytest.warns(GuaranteeWarning, match="β·m = 3 < α·m = 5"):
+        Config(alpha=0.25, beta=0.15, attack="aggressive")
+    with pytest.warns(GuaranteeWarning, match="2α \\+ β"):
+        Config(alpha=0.35, beta=0.35, attack="counterexample")
+
+
+def test_unstable_wrm_step_falls_back_with_a_warning():
+    with pytest.warns(GuaranteeWarning, match="diverge"):
+        cfg = Config(lam=30.0, eta_z=0.05)
+    assert cfg.step_z == pytest.approx(1 / 60)
+    assert Config(eta_z=None).step_z == pytest.approx(1 / 6)
+    assert Config().step_z == 0.05
+
+
+def test_algorithm_shorthand():
+    for name, agg, wrm in [("erm", "mean", False), ("nbs", "nbs", False), ("dro", "mean", True),
+                           ("alg2", "nbs", True)]:
+        cfg = Config.from_dict({"algorithm": name})
+        assert (cfg.aggregator, cfg.wrm, cfg.algorithm) == (agg, wrm, name)
