@@ -3,6 +3,17 @@
 Rows that are not finite (a NaN/Inf from a byzantine worker, or a row the server marked as
 malformed or missing) never reach the output: every rule drops them first, and NBS counts
 them as infinitely large, i.e. they are the first to be screened.
+
+The rules that take ``f`` (the number of faulty inputs they must tolerate) drop the b
+non-finite rows first and count them toward f: they run on the n' = n − b finite rows with
+f' = max(f − b, 0). A missing or malformed message is a fault (crash or byzantine), so the
+finite rows hold at most f' byzantine ones when the run has at most f faults in all; and the
+precondition on (n, f) implies the one on (n', f') (e.g. Krum: n > 2f + 2 ⇒ n' > 2f' + 2).
+
+``kept`` (which inputs entered the output): for selection rules (NBS, Krum, Multi-Krum) the
+selected rows; for coordinate-wise rules (median, trimmed mean, Bulyan's second stage) the rows
+whose value was used in at least one coordinate; for rules that weigh every input (mean,
+geometric median, centered clipping) all finite rows.
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ class Aggregation:
 
     vector: np.ndarray
     kept: np.ndarray
+    #: what a stateful rule carries to the next round (centered clipping: the centre)
+    state: np.ndarray | None = None
 
     @property
     def n_screened(self) -> int:
