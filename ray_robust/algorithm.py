@@ -230,15 +230,26 @@ def run(
     state: RunState | None = None,
     progress: Callable[[dict], None] | None = None,
     progress_every: int = 50,
+    checkpoint: Callable[[RunState], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> History:
-    """Algorithm 2's loop: for t < T, messages = compute(θ_t, t); θ_{t+1} = server step."""
+    """Algorithm 2's loop: for t < T, messages = compute(θ_t, t); θ_{t+1} = server step.
+
+    ``state`` continues a run (e.g. from a checkpoint); ``checkpoint(state)`` is called every
+    ``checkpoint_every`` rounds and at the end.
+    """
     state = server.initial_state() if state is None else state
     t0 = time.perf_counter()
-    while state.round < server.config.rounds:
+    rounds = server.config.rounds
+    while state.round < rounds:
         messages, info = compute(state.theta, state.round)
         row = server.step(state, messages, info)
         if progress is not None and row is not None and (
-            state.round % progress_every == 0 or state.round == server.config.rounds
+            state.round % progress_every == 0 or state.round == rounds
         ):
             progress(row)
+        if checkpoint is not None and checkpoint_every and (
+            state.round % checkpoint_every == 0 or state.round == rounds
+        ):
+            checkpoint(state)
     return server.history(state, time.perf_counter() - t0)
