@@ -6,7 +6,7 @@ in-process engine and a Ray actor engine that share one numerical core (``ray_ro
 """
 
 from .algorithm import History
-from .api import load_problem, train
+from .api import load_problem, resume, train
 from .config import ALGORITHMS, Config, GuaranteeWarning
 from .core.aggregators import AggregationError, mean, nbs
 from .data import Problem, Shards, load_spambase, prepare
@@ -27,6 +27,7 @@ __all__ = [
     "mean",
     "nbs",
     "prepare",
+    "resume",
     "run_table1",
     "summarize_table1",
     "train",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
 
-from .algorithm import History
+from ._validation import check_int
+from .algorithm import History, RunState
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import Problem, load_spambase, prepare
 
@@ -33,12 +36,17 @@ def train(
     problem: Problem | None = None,
     progress: Callable[[dict], None] | None = None,
     progress_every: int = 50,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
+    state: RunState | None = None,
     **engine_options,
 ) -> History:
     """Run Algorithm 2 (or a baseline) as ``config`` says and return its :class:`History`.
 
     ``engine='local'`` computes all workers in-process (the reference); ``engine='ray'`` runs
     each worker as a Ray actor. Same config and seed → the same θ, bit for bit, on both.
+    With ``checkpoint_dir``, the run writes a checkpoint there every ``checkpoint_every``
+    rounds and at the end; :func:`resume` continues it.
     """
     if isinstance(config, dict):
         config = Config.from_dict(config)
@@ -46,15 +54,33 @@ def train(
         raise ValueError(f"The 'engine' parameter must be one of {list(ENGINES)}. Got {engine!r}.")
     if problem is None:
         problem = load_problem(config)
+    if checkpoint_dir is not None:
+        check_int(checkpoint_every, "checkpoint_every", "train", low=1)
+        folder = checkpoint_dir
+        engine_options.update(checkpoint=lambda s: save_checkpoint(folder, config, s),
+                              checkpoint_every=checkpoint_every)
+    if state is not None:
+        engine_options["state"] = state
     if engine == "local":
-        if engine_options:
-            raise ValueError(
-                f"Options {sorted(engine_options)} only apply to engine='ray'."
-            )
+        unknown = set(engine_options) - {"checkpoint", "checkpoint_every", "state"}
+        if unknown:
+            raise ValueError(f"Options {sorted(unknown)} only apply to engine='ray'.")
         from .engines.local import train_local
 
-        return train_local(config, problem, progress=progress, progress_every=progress_every)
+        return train_local(config, problem, progress=progress, progress_every=progress_every,
+                           **engine_options)
     from .engines.ray_engine import train_ray  # imported lazily: `import ray` costs ~1 s
 
     return train_ray(config, problem, progress=progress, progress_every=progress_every,
                      **engine_options)
+
+
+def resume(checkpoint_dir: str | os.PathLike, **train_kwargs) -> History:
+    """Continue the run whose checkpoint is in ``checkpoint_dir`` (it keeps checkpointing there).
+
+    The result is bit-identical to the run never having stopped: θ, the round, every RNG state
+    and the history so far come from the checkpoint.
+    """
+    config, state = load_checkpoint(checkpoint_dir)
+    train_kwargs.setdefault("checkpoint_dir", checkpoint_dir)
+    return train(config, state=state, **train_kwargs)

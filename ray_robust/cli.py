@@ -102,8 +102,14 @@ def _say(text: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .api import train
+    from .api import resume, train
 
+    if args.resume:
+        _say(f"ray-robust train: resuming from {args.resume}")
+        hist = resume(args.resume, engine=args.engine, progress=_progress,
+                      progress_every=args.progress, checkpoint_every=args.checkpoint_every,
+                      **_engine_kwargs(args))
+        return _summarize(hist, args)
     values = _load_yaml(args.config) if args.config else {}
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                  if hasattr(args, f.name)}
@@ -116,16 +122,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     _say(f"ray-robust train: {cfg.algorithm or cfg.aggregator} on Spambase, m = {cfg.n_workers}, "
          f"{cfg.n_byzantine} byzantine ({cfg.attack}), T = {cfg.rounds}, engine = {args.engine}")
 
-    def progress(row: dict) -> None:
-        _say(f"  round {row['round']:>5}  loss {row['train_loss']:.4f}  "
-             f"error {row['test_error']:.4f}  shifted {row['test_error_shifted']:.4f}  "
-             f"screened {row['n_screened']}")
+    hist = train(cfg, engine=args.engine, progress=_progress, progress_every=args.progress,
+                 checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                 **_engine_kwargs(args))
+    return _summarize(hist, args)
 
-    kwargs = {}
-    if args.engine == "ray":
-        kwargs = dict(address=args.address, actors=args.actors)
-    hist = train(cfg, engine=args.engine, progress=progress, progress_every=args.progress,
-                 **kwargs)
+
+def _progress(row: dict) -> None:
+    _say(f"  round {row['round']:>5}  loss {row['train_loss']:.4f}  "
+         f"error {row['test_error']:.4f}  shifted {row['test_error_shifted']:.4f}  "
+         f"screened {row['n_screened']}")
+
+
+def _engine_kwargs(args: argparse.Namespace) -> dict:
+    return dict(address=args.address, actors=args.actors) if args.engine == "ray" else {}
+
+
+def _summarize(hist, args: argparse.Namespace) -> int:
+    cfg = hist.config
     fin = hist.final
     _say(f"done in {hist.seconds:.2f} s: test error {fin['test_error']:.4f}, under the "
          f"{cfg.shift_norm} shift ε = {cfg.shift_eps:g}: {fin['test_error_shifted']:.4f}")
@@ -150,7 +164,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     _say(f"Table I: 5 environments × 4 algorithms × {args.seeds} seed(s) on Spambase, "
          f"engine = {args.engine}")
     t0 = time.perf_counter()
-    kwargs = dict(address=args.address, actors=args.actors) if args.engine == "ray" else {}
+    kwargs = _engine_kwargs(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # β = α is the paper's own setting; nothing to warn of
         runs = run_table1(seeds, engine=args.engine, log=_say, engine_options=kwargs,
@@ -179,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--config", help="YAML file of config parameters (flags override it)")
     p_train.add_argument("--progress", type=int, default=50, help="print every N rounds")
     p_train.add_argument("--out", help="folder for metrics.csv and theta.npy")
+    p_train.add_argument("--checkpoint-dir", default=None,
+                         help="write a checkpoint (θ, round, RNG states, history) here")
+    p_train.add_argument("--checkpoint-every", type=int, default=50,
+                         help="rounds between checkpoints (default 50)")
+    p_train.add_argument("--resume", metavar="DIR", default=None,
+                         help="continue the run checkpointed in DIR (its config is used)")
     _add_engine_flags(p_train)
     _add_config_flags(p_train)
     p_train.set_defaults(func=cmd_train)
