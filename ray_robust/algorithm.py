@@ -11,6 +11,7 @@ numpy in one call, the Ray engine gathers them from worker actors.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,12 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import Config
+from .config import Config, GuaranteeWarning
 from .core.aggregators import AGGREGATORS, Aggregation
 from .core.attacks import ATTACKS
 from .core.models import get_model
 from .core.shift import error_rate
-from .core.wrm import local_gradients
+from .core.wrm import local_gradients, local_gradients_certified
 from .data import Problem, Shards
 
 METRICS = (
@@ -77,12 +78,14 @@ class RunState:
     round: int
     attack_rng: np.random.Generator
     rows: list[dict] = field(default_factory=list)
+    #: running sums over every round, evaluated or not (e.g. ``wrm_steps``: total ascent steps)
+    totals: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """A JSON-able snapshot (θ, round, the attack RNG's bit-generator state, the rows)."""
         return {"theta": [float(v) for v in self.theta], "round": int(self.round),
                 "attack_rng": self.attack_rng.bit_generator.state,
-                "rows": [dict(r) for r in self.rows]}
+                "rows": [dict(r) for r in self.rows], "totals": dict(self.totals)}
 
     @classmethod
     def from_dict(cls, snapshot: dict) -> RunState:
@@ -91,7 +94,8 @@ class RunState:
         bit_generator = getattr(np.random, rng_state["bit_generator"])()
         bit_generator.state = rng_state
         return cls(np.asarray(snapshot["theta"], dtype=np.float64), int(snapshot["round"]),
-                   np.random.Generator(bit_generator), [dict(r) for r in snapshot["rows"]])
+                   np.random.Generator(bit_generator), [dict(r) for r in snapshot["rows"]],
+                   totals=dict(snapshot.get("totals", {})))
 
 
 @dataclass
@@ -137,6 +141,7 @@ class Server:
         self._attack = None
         if config.attack != "none" and k:
             self._attack = ATTACKS[config.attack][0]
+        self._warned: set[str] = set()
 
     def initial_state(self) -> RunState:
         theta0 = self.model.init(
@@ -165,6 +170,8 @@ class Server:
                 grads[bad], rejected = np.nan, rejected | bad
         agg = self._aggregate(grads)
         G = agg.vector
+        if info and "wrm_samples" in info:
+            info = self._certified_info(state, info)
         state.theta = state.theta - cfg.eta * G
         state.round += 1
         if state.round % cfg.eval_every and state.round != cfg.rounds:
@@ -178,6 +185,35 @@ class Server:
         state.rows.append(row)
         return row
 
+    def _certified_info(self, state: RunState, info: dict) -> dict:
+        """Round statistics of the certified ascent: ε, mean certificate, running step total;
+        warns once per run when the cap was hit or no certificate exists (λ_g ≤ 0)."""
+        cfg, t = self.config, state.round
+        eps = cfg.epsilon_at(t)
+        state.totals["wrm_steps"] = state.totals.get("wrm_steps", 0) + info["wrm_steps"]
+        info = dict(info, epsilon=eps, wrm_steps_total=state.totals["wrm_steps"],
+                    wrm_certificate_mean=info["wrm_certificate_sum"] / max(info["wrm_samples"], 1))
+        if info.get("wrm_uncertified") and "uncertified" not in self._warned:
+            self._warned.add("uncertified")
+            l_zz = self.model.lipschitz_xx(state.theta)
+            warnings.warn(
+                f"Certified ε: no certificate at round {t}: λ_g = 2λ − L_zz = "
+                f"{2 * cfg.lam:g} − {l_zz:.4g} ≤ 0, so g(z) is not provably strongly concave; "
+                f"the ascent ran the cap t_z_max = {cfg.t_z_max} steps. Raise lam above "
+                f"L_zz/2 = {l_zz / 2:.4g} or give t_z instead of epsilon (warned once per run).",
+                GuaranteeWarning, stacklevel=3,
+            )
+        if info.get("wrm_capped") and "capped" not in self._warned:
+            self._warned.add("capped")
+            warnings.warn(
+                f"Certified ε: {info['wrm_capped']} shard(s) hit t_z_max = {cfg.t_z_max} at "
+                f"round {t} with certificate {info['wrm_certificate_max']:.3g} > ε = {eps:g}; "
+                "raise t_z_max or ε, or use the step eta_z = None = 2/(L_g + λ_g) "
+                "(warned once per run).",
+                GuaranteeWarning, stacklevel=3,
+            )
+        return info
+
     def evaluate(self, theta: np.ndarray) -> dict[str, float]:
         """Train loss (clean), test error (clean) and test error under the configured shift."""
         pb, cfg, model = self.problem, self.config, self.model
@@ -190,7 +226,8 @@ class Server:
         }
 
     def history(self, state: RunState, seconds: float = 0.0) -> History:
-        df = pd.DataFrame(state.rows, columns=list(METRICS))
+        extra = dict.fromkeys(k for row in state.rows for k in row if k not in METRICS)
+        df = pd.DataFrame(state.rows, columns=[*METRICS, *extra])
         return History(df, state.theta.copy(), self.config, np.flatnonzero(self.byzantine), seconds)
 
 
@@ -202,6 +239,12 @@ def honest_gradients(
     Returns the ``(k, p)`` local gradients and a dict of worker-side statistics (empty when
     there is nothing to report), merged over actors with :func:`merge_worker_info`.
     """
+    eps = config.epsilon_at(round_index) if config.wrm else None
+    if eps is not None:  # certified ε (Sec. VI-D); the stopping rule is decided per shard
+        return local_gradients_certified(
+            model, theta, shards.X, shards.y, shards.weights,
+            lam=config.lam, eta_z=config.step_z, epsilon=eps, t_z_max=config.t_z_max,
+        )
     grads = local_gradients(
         model, theta, shards.X, shards.y, shards.weights,
         wrm=config.wrm, lam=config.lam, eta_z=config.step_z, t_z=config.t_z,

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ._validation import check_choice, check_int, check_real
-from .core.aggregators import AGGREGATORS, n_to_screen
+from .core.aggregators import AGGREGATORS, PRECONDITIONS, n_to_screen
 from .core.attacks import ATTACKS
 from .core.models import MODELS
 from .core.shift import NORMS
-from .data import STANDARDIZE
+from .data import SHARDINGS, STANDARDIZE
+from .schedule import Schedule, parse_schedule, schedule_spec
 
 #: The four algorithms of Table I as (server aggregator, honest workers run WRM).
 ALGORITHMS: dict[str, tuple[str, bool]] = {
@@ -55,7 +56,15 @@ class Config:
     eta_z: float | None = 0.05
     """WRM ascent step; None = 1/(2λ), the Sec. VI-D step 2/(L_g + λ_g)"""
     t_z: int = 10
-    """T_z, WRM ascent steps per sample and round"""
+    """T_z, WRM ascent steps per sample and round (ignored when epsilon or its schedule is set)"""
+    epsilon: float | None = None
+    """certified WRM precision: each worker ascends until every sample's bound ‖∇g‖/λ_g on
+    ‖z − z*‖ is ≤ epsilon (Sec. VI-D), at most t_z_max steps; None = fixed t_z steps"""
+    epsilon_schedule: Schedule | str | None = None
+    """ε per round instead of one epsilon: 'two-stage:LARGE,SMALL,SWITCH' (Sec. VI-D: LARGE
+    for the first SWITCH·T rounds), 'constant:EPS', a mapping, or a callable round -> ε"""
+    t_z_max: int = 1000
+    """cap on the certified ascent's steps per round (reported when hit)"""
     eta: float = 1.0
     """η, the server's step size"""
     rounds: int = 300
@@ -76,6 +85,22 @@ class Config:
     """evaluate train loss and test errors every this many rounds (and at the end)"""
     init_scale: float = 0.01
     """θ₀ ~ N(0, init_scale²), shared by all algorithms for a seed"""
+    f: int | None = None
+    """faults the rule tolerates ('trimmed_mean', 'krum', 'multi_krum', 'bulyan'); None = the
+    byzantine count round(αm)"""
+    clip_tau: float = 0.1
+    """τ, the radius of 'centered_clipping'"""
+    clip_iters: int = 1
+    """clipping iterations per round of 'centered_clipping'"""
+    weighted: bool = False
+    """'mean' and 'nbs' average by shard sizes (known to the server) instead of one vote each"""
+    hidden: int = 16
+    """hidden units of the 'mlp' model"""
+    sharding: str = "iid"
+    """training data over workers: 'iid', 'dirichlet' (label skew), 'sorted' (one label per
+    worker) or 'quantity' (uneven sizes)"""
+    dirichlet_alpha: float = 1.0
+    """Dirichlet concentration of 'dirichlet'/'quantity' sharding; smaller = more skewed"""
     data_path: str | None = field(default=None, compare=False)
     """Spambase file or folder; None = $RAY_ROBUST_DATA_DIR, the cache, or a download"""
 
@@ -87,12 +112,38 @@ class Config:
         check_choice(self.attack, "attack", owner, ["none", *ATTACKS])
         check_choice(self.shift_norm, "shift_norm", owner, ["none", *NORMS])
         check_choice(self.model, "model", owner, MODELS)
+        check_choice(self.sharding, "sharding", owner, SHARDINGS)
+        check_real(self.dirichlet_alpha, "dirichlet_alpha", owner, low=0, low_open=True)
+        check_int(self.hidden, "hidden", owner, low=1)
+        check_real(self.clip_tau, "clip_tau", owner, low=0, low_open=True)
+        check_int(self.clip_iters, "clip_iters", owner, low=1)
+        if not isinstance(self.weighted, bool):
+            raise ValueError(
+                f"The 'weighted' parameter of {owner} must be a bool. Got {self.weighted!r}."
+            )
+        if self.weighted and self.aggregator not in ("mean", "nbs"):
+            raise ValueError(
+                f"The 'weighted' parameter of {owner} applies to 'mean' and 'nbs' only. Got "
+                f"weighted=True with aggregator={self.aggregator!r}; set weighted=False."
+            )
+        if self.f is not None:
+            check_int(self.f, "f", owner, low=0)
         check_choice(self.standardize, "standardize", owner, STANDARDIZE)
         m = check_int(self.n_workers, "n_workers", owner, low=1)
         check_real(self.alpha, "alpha", owner, low=0, high=1, high_open=True)
         check_real(self.beta, "beta", owner, low=0, high=1, high_open=True)
         check_real(self.lam, "lam", owner, low=0, low_open=True)
         check_int(self.t_z, "t_z", owner, low=0)
+        if self.epsilon is not None:
+            check_real(self.epsilon, "epsilon", owner, low=0, low_open=True)
+        object.__setattr__(self, "epsilon_schedule", parse_schedule(self.epsilon_schedule))
+        if self.epsilon is not None and self.epsilon_schedule is not None:
+            raise ValueError(
+                "The 'epsilon_schedule' parameter of the config must be None when 'epsilon' is "
+                f"set (epsilon = {self.epsilon!r}). Got {self.epsilon_schedule!r} instead; "
+                "give one of the two."
+            )
+        check_int(self.t_z_max, "t_z_max", owner, low=1)
         check_real(self.eta, "eta", owner, low=0, low_open=True)
         check_int(self.rounds, "rounds", owner, low=1)
         check_real(self.shift_eps, "shift_eps", owner, low=0)
@@ -110,6 +161,10 @@ class Config:
                 f"The 'beta' parameter of the config must leave NBS at least one of the "
                 f"{m} inputs. Got {self.beta!r} instead."
             )
+        if self.aggregator in PRECONDITIONS:
+            from .core.aggregators import check_precondition
+
+            check_precondition(self.aggregator, m, self.n_tolerated)
         self._warn_outside_guarantee()
 
     def _warn_outside_guarantee(self) -> None:
@@ -144,6 +199,23 @@ class Config:
     def n_screened(self) -> int:
         """βm rounded to the nearest integer (halves up): what NBS drops."""
         return n_to_screen(self.beta, self.n_workers)
+
+    def epsilon_at(self, round_index: int) -> float | None:
+        """The certified ε of round t (from ``epsilon`` or ``epsilon_schedule``); None = fixed
+        T_z steps."""
+        if self.epsilon_schedule is not None:
+            return self.epsilon_schedule(round_index, self.rounds)
+        return None if self.epsilon is None else float(self.epsilon)
+
+    @property
+    def n_tolerated(self) -> int:
+        """f, the faults the aggregator tolerates: ``f``, or the byzantine count when None."""
+        return self.n_byzantine if self.f is None else int(self.f)
+
+    def aggregator_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the configured aggregator (``f`` resolved)."""
+        return {name: self.n_tolerated if name == "f" else getattr(self, name)
+                for name in AGGREGATORS[self.aggregator][1]}
 
     @property
     def step_z(self) -> float:
@@ -190,4 +262,6 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["epsilon_schedule"] = schedule_spec(self.epsilon_schedule)
+        return out
