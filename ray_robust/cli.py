@@ -101,6 +101,18 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def _theory_line(cfg: Config) -> str:
+    """The paper's verdict for ``cfg`` (Theorems 1–3) and, for certified ε, the ε schedule."""
+    from .schedule import schedule_spec
+    from .theory import verdict
+
+    line = verdict(cfg).text
+    if cfg.wrm and (cfg.epsilon is not None or cfg.epsilon_schedule is not None):
+        eps = cfg.epsilon if cfg.epsilon is not None else schedule_spec(cfg.epsilon_schedule)
+        line += f"; certified WRM ε = {eps} (cap t_z_max = {cfg.t_z_max})"
+    return line
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import resume, train
 
@@ -121,6 +133,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = Config.from_dict(values)
     _say(f"ray-robust train: {cfg.algorithm or cfg.aggregator} on Spambase, m = {cfg.n_workers}, "
          f"{cfg.n_byzantine} byzantine ({cfg.attack}), T = {cfg.rounds}, engine = {args.engine}")
+    _say(f"theory: {_theory_line(cfg)}")
 
     hist = train(cfg, engine=args.engine, progress=_progress, progress_every=args.progress,
                  checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
