@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--data-path", default=None, help="Spambase file or folder")
     _add_engine_flags(p_rep)
     p_rep.set_defaults(func=cmd_reproduce)
+    from .cli_tune import add_tune_parser
+
+    add_tune_parser(sub)  # `ray-robust tune STUDY.yaml` (Ray Tune studies)
     return parser
 
 

@@ -1,0 +1,658 @@
+"""Robustness studies with Ray Tune: grids over Algorithm 2's parameters, read from YAML.
+
+A study file (``tune_configs/*.yaml``) holds
+
+- ``param_space``: fixed values and ``{grid_search: [...]}`` axes over :class:`Config` fields,
+  ``algorithm`` and the trial keys of :data:`TRIAL_KEYS` (seeds are a grid axis);
+- ``metric`` / ``mode``: what Tune ranks trials by (``error`` = the final test error under the
+  trial's shift);
+- ``quick``: overrides for a cheap run (tests, ``--quick``);
+- ``plot``: how the study's PNG is drawn (see :mod:`ray_robust.plots`).
+
+:func:`trainable` is the function trainable: it runs one configuration through the engine-
+independent :class:`~ray_robust.algorithm.Server` and reports every ``report_every`` rounds with a
+checkpoint of the :class:`~ray_robust.algorithm.RunState` (θ, round, attack RNG, rows), so a
+restored trial continues exactly where it stopped. This module is the only place that calls
+``ray.tune.report`` (the Tune adapter). :func:`run_study` runs a study and returns its results
+as a DataFrame; :func:`run_grid_local` runs the same grid in-process without Tune.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .algorithm import METRICS, RunState, Server, honest_gradients, run
+from .config import Config
+from .core.aggregators import n_to_screen
+from .core.shift import error_rate
+from .data import Problem
+from .reproduce import ENVIRONMENTS
+
+#: Trial keys a param_space may hold besides Config's fields and ``algorithm``.
+TRIAL_KEYS: dict[str, str] = {
+    "environment": "one of Table I's environments 'E0'…'E4' (sets attack, alpha, shift_norm, "
+                   "shift_eps; explicit values of those keys win)",
+    "beta_offset": "β = α + beta_offset (overrides beta; e.g. 0 for β = α, 1/m for β = α + 1/m)",
+    "report_every": "report to Tune (with a checkpoint) every this many rounds (default 50)",
+    "eval_shift_eps": "list of shift budgets ε (in the trial's shift_norm) evaluated at every "
+                      "report as 'error@eps=<ε>': one training run serves a whole ε axis",
+    "engine": "'local' (in-process, default) or 'ray' (Ray actors inside the trial)",
+    "actors": "Ray engine inside a trial: number of worker actors (default 1)",
+}
+STUDY_KEYS = ("name", "description", "param_space", "metric", "mode", "quick", "plot")
+PLOT_KEYS = ("x", "y", "hue", "kind", "col", "row", "reduce", "xlabel", "ylabel", "title",
+             "vlines", "logx", "hue_labels", "ylim")
+DERIVED = {"alpha_m": "αm, the number of byzantine workers",
+           "beta_m": "βm, the number NBS screens"}
+EPS_PREFIX = "error@eps="
+DEFAULT_REPORT_EVERY = 50
+
+
+def _study_error(source: str, msg: str) -> ValueError:
+    return ValueError(f"Study {source}: {msg}")
+
+
+def _is_grid(value: Any) -> bool:
+    return isinstance(value, Mapping) and "grid_search" in value
+
+
+def _axis_values(value: Any) -> list:
+    return list(value["grid_search"]) if _is_grid(value) else [value]
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study: the grid, the metric Tune ranks by, the plot."""
+
+    name: str
+    param_space: dict[str, Any]
+    metric: str = "error"
+    mode: str = "min"
+    plot: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    quick: bool = False
+
+    @property
+    def axes(self) -> list[str]:
+        """The grid axes (keys whose value is a ``grid_search``), in file order."""
+        return [k for k, v in self.param_space.items() if _is_grid(v)]
+
+    @property
+    def eval_shift_eps(self) -> list[float] | None:
+        eps = self.param_space.get("eval_shift_eps")
+        return None if eps is None else [float(e) for e in eps]
+
+    @property
+    def experiment_name(self) -> str:
+        return self.name + ("_quick" if self.quick else "")
+
+    def trial_configs(self) -> list[dict[str, Any]]:
+        """Every trial's config dict, the grid expanded (the order Tune uses is its own)."""
+        keys = list(self.param_space)
+        values = [_axis_values(self.param_space[k]) for k in keys]
+        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description,
+                "param_space": copy.deepcopy(self.param_space), "metric": self.metric,
+                "mode": self.mode, "plot": copy.deepcopy(self.plot), "quick": self.quick}
+
+
+def load_study(source: str | os.PathLike | Mapping, quick: bool = False) -> Study:
+    """Read and validate a study (a YAML path or an already-parsed mapping).
+
+    Malformed YAML, unknown keys (top level, ``param_space``, ``quick``, ``plot``), empty
+    grid axes, an unusable plot spec or a grid point that :class:`Config` rejects each raise
+    one ``ValueError`` naming the file and the fix.
+    """
+    if isinstance(source, Mapping):
+        raw, where = copy.deepcopy(dict(source)), "<dict>"
+        if "quick" in raw and isinstance(raw["quick"], bool):  # a saved Study.to_dict()
+            quick = quick or raw.pop("quick")
+    else:
+        raw, where = _read_yaml(Path(source)), str(source)
+    unknown = sorted(set(raw) - set(STUDY_KEYS))
+    if unknown:
+        raise _study_error(where, f"unknown key(s) {unknown}; valid ones: {list(STUDY_KEYS)}.")
+    space = raw.get("param_space")
+    if not isinstance(space, Mapping) or not space:
+        raise _study_error(where, "'param_space' must be a non-empty mapping of parameters.")
+    space = dict(space)
+    plot = dict(raw.get("plot") or {})
+    overrides = raw.get("quick") or {}
+    if not isinstance(overrides, Mapping):
+        raise _study_error(where, "'quick' must be a mapping of overrides.")
+    bad = sorted(set(overrides) - {"param_space", "plot"})
+    if bad:
+        raise _study_error(where, f"unknown key(s) {bad} in 'quick'; it may override "
+                                  "'param_space' and 'plot'.")
+    _check_space(space, where, "param_space")
+    if quick:
+        extra = overrides.get("param_space") or {}
+        if not isinstance(extra, Mapping):
+            raise _study_error(where, "'quick.param_space' must be a mapping.")
+        _check_space(dict(extra), where, "quick.param_space")
+        space.update(extra)
+        plot.update(overrides.get("plot") or {})
+    name = raw.get("name") or (Path(where).stem if where != "<dict>" else "study")
+    if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+        raise _study_error(where, f"'name' must be letters, digits, '_' or '-'. Got {name!r}.")
+    mode = raw.get("mode", "min")
+    if mode not in ("min", "max"):
+        raise _study_error(where, f"'mode' must be 'min' or 'max'. Got {mode!r}.")
+    study = Study(name=name, param_space=space, metric=raw.get("metric", "error"), mode=mode,
+                  plot=plot, description=str(raw.get("description", "")).strip(), quick=quick)
+    _check_study(study, where)
+    return study
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"No study file at {path}.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"Study {path} is not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"Study {path} must be a YAML mapping with a 'param_space', not "
+                         f"{type(raw).__name__}.")
+    return raw
+
+
+def _check_space(space: dict, where: str, label: str) -> None:
+    valid = {"algorithm", *Config.field_names(), *TRIAL_KEYS}
+    for key, value in space.items():
+        if key not in valid:
+            kind = "grid axis" if _is_grid(value) else "parameter"
+            raise _study_error(
+                where, f"unknown {kind} '{key}' in '{label}'. Valid names: "
+                       f"{sorted(valid)}.")
+        if isinstance(value, Mapping):
+            if set(value) != {"grid_search"}:
+                raise _study_error(where, f"'{label}.{key}' must be a value or "
+                                          f"{{grid_search: [...]}}. Got {dict(value)!r}.")
+            if not isinstance(value["grid_search"], list) or not value["grid_search"]:
+                raise _study_error(where, f"the grid axis '{key}' must be a non-empty list.")
+
+
+def _check_study(study: Study, where: str) -> None:
+    eps = study.param_space.get("eval_shift_eps")
+    if eps is not None and (not isinstance(eps, list) or not eps or not all(
+            isinstance(e, int | float) and not isinstance(e, bool) and e >= 0 for e in eps)):
+        raise _study_error(where, "'eval_shift_eps' must be a fixed non-empty list of budgets "
+                                  f"ε ≥ 0. Got {eps!r}.")
+    metrics = {"error", *METRICS, *(f"{EPS_PREFIX}{e:g}" for e in study.eval_shift_eps or [])}
+    if study.metric not in metrics:
+        raise _study_error(where, f"'metric' must be one of {sorted(metrics)}. "
+                                  f"Got {study.metric!r}.")
+    configs = study.trial_configs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for values in configs:
+            try:
+                split_trial_config(values)
+            except ValueError as exc:
+                point = {k: values[k] for k in study.axes}
+                raise _study_error(where, f"grid point {point}: {exc}") from None
+    _check_plot(study, where)
+
+
+def _check_plot(study: Study, where: str) -> None:
+    plot = study.plot
+    if not plot:
+        return
+    bad = sorted(set(plot) - set(PLOT_KEYS))
+    if bad:
+        raise _study_error(where, f"unknown plot key(s) {bad}; valid ones: {list(PLOT_KEYS)}.")
+    if plot.get("kind", "line") not in ("line", "bar"):
+        raise _study_error(where, f"plot 'kind' must be 'line' or 'bar'. Got {plot['kind']!r}.")
+    if "x" not in plot:
+        raise _study_error(where, "the plot needs an 'x' column.")
+    columns = set(study.param_space) | set(DERIVED) | {"algorithm"}
+    if study.eval_shift_eps:
+        columns.add("shift_eps")
+    for key in ("x", "hue", "col", "row"):
+        if key in plot and plot[key] not in columns:
+            raise _study_error(where, f"plot '{key}' = {plot[key]!r} is not a parameter of the "
+                                      f"study; choose one of {sorted(columns)}.")
+    reduce = plot.get("reduce")
+    if reduce is not None and (not isinstance(reduce, Mapping) or set(reduce) != {"over", "how"}
+                               or reduce["how"] not in ("max", "min")
+                               or reduce["over"] not in study.axes):
+        raise _study_error(where, "plot 'reduce' must be {over: <grid axis>, how: max|min}.")
+    used = {plot.get(k) for k in ("x", "hue", "col", "row")}
+    used |= {reduce["over"]} if reduce else set()
+    derived_from = {"alpha_m": "alpha", "beta_m": "beta"}
+    used |= {derived_from[c] for c in list(used) if c in derived_from}
+    if "beta_m" in used or "alpha_m" in used:
+        used |= {"n_workers"}
+    if "environment" in used:
+        used |= {"attack", "alpha", "shift_norm", "shift_eps"}
+    loose = [a for a in study.axes if a not in used and a != "seed"
+             and not (a == "algorithm" and {"aggregator", "wrm"} & used)]
+    if loose:
+        raise _study_error(where, f"grid axis {loose} is not shown by the plot: use it as "
+                                  "the plot's x, hue, col or row, or reduce over it.")
+
+
+# ---- one trial ------------------------------------------------------------------------------
+def split_trial_config(values: Mapping[str, Any]) -> tuple[Config, dict[str, Any]]:
+    """A trial's flat config dict → (:class:`Config`, trial options of :data:`TRIAL_KEYS`)."""
+    values = dict(values)
+    opts = {k: values.pop(k) for k in list(values) if k in TRIAL_KEYS}
+    env = opts.get("environment")
+    if env is not None:
+        if env not in ENVIRONMENTS:
+            raise ValueError(f"The 'environment' parameter of the study must be one of "
+                             f"{sorted(ENVIRONMENTS)}. Got {env!r} instead.")
+        values = {**ENVIRONMENTS[env], **values}
+    if opts.get("beta_offset") is not None:
+        values["beta"] = float(values.get("alpha", Config.alpha)) + float(opts["beta_offset"])
+    report_every = int(opts.get("report_every", DEFAULT_REPORT_EVERY))
+    if report_every < 1:
+        raise ValueError(f"The 'report_every' parameter of the study must be an integer >= 1. "
+                         f"Got {report_every!r} instead.")
+    values.setdefault("eval_every", report_every)
+    opts["report_every"] = report_every
+    engine = opts.setdefault("engine", "local")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"The 'engine' parameter of the study must be 'local' or 'ray'. "
+                         f"Got {engine!r} instead.")
+    opts.setdefault("actors", 1)
+    cfg = Config.from_dict(values)
+    if report_every % cfg.eval_every:
+        raise ValueError(f"The 'report_every' parameter ({report_every}) must be a multiple of "
+                         f"eval_every ({cfg.eval_every}).")
+    return cfg, opts
+
+
+_PROBLEMS: dict[tuple, Problem] = {}
+
+
+def cached_problem(cfg: Config) -> Problem:
+    """The problem for ``cfg``, built once per process (trials reuse their actor's copy)."""
+    from .api import load_problem
+
+    key = (cfg.seed, cfg.n_workers, cfg.train_fraction, cfg.standardize, cfg.data_path)
+    if key not in _PROBLEMS:
+        if len(_PROBLEMS) >= 16:
+            _PROBLEMS.pop(next(iter(_PROBLEMS)))
+        _PROBLEMS[key] = load_problem(cfg)
+    return _PROBLEMS[key]
+
+
+def trial_metrics(server: Server, state: RunState, row: dict, opts: dict,
+                  resumed_from: int) -> dict[str, Any]:
+    """What a trial reports: the round's metrics, ``error`` and the errors at extra ε."""
+    cfg, pb = server.config, server.problem
+    out = {k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()}
+    out["error"] = out["test_error_shifted"]
+    out["resumed_from"] = resumed_from
+    norm = None if cfg.shift_norm == "none" else cfg.shift_norm
+    for eps in opts.get("eval_shift_eps") or ():
+        out[f"{EPS_PREFIX}{float(eps):g}"] = error_rate(
+            server.model, state.theta, pb.X_test, pb.y_test, norm, float(eps))
+    return out
+
+
+def trial_resources(values: Mapping[str, Any]):
+    """The resources a trial reserves: 1 CPU, or with ``engine: ray`` a placement group of
+    one bundle for the trial plus one per actor it starts (too few bundles = a silent hang)."""
+    from ray import tune
+
+    _, opts = split_trial_config(values)
+    if opts["engine"] == "local":
+        return tune.PlacementGroupFactory([{"CPU": 1}])
+    from .engines import ray_engine
+
+    per_actor = getattr(ray_engine, "ACTOR_CPUS", 1)
+    return tune.PlacementGroupFactory(
+        [{"CPU": 1}] + [{"CPU": per_actor}] * int(opts["actors"]))
+
+
+CHECKPOINT_FILE = "run_state.json"
+
+
+def trainable(config: dict[str, Any]) -> None:
+    """Tune function trainable: one run of Algorithm 2 / a baseline, resumable.
+
+    Reports every ``report_every`` rounds (and at T) with a checkpoint of the run state; when
+    Tune restores the trial it continues from that checkpoint (same θ as an uninterrupted run).
+    """
+    from ray import tune
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the study chose its grid; Config warns for each point
+        cfg, opts = split_trial_config(config)
+    problem = cached_problem(cfg)
+    server = Server(cfg, problem)
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = RunState.from_dict(json.loads((Path(d) / CHECKPOINT_FILE).read_text()))
+    else:
+        state = server.initial_state()
+    resumed_from = state.round
+
+    def report(row: dict) -> None:
+        metrics = trial_metrics(server, state, row, opts, resumed_from)
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / CHECKPOINT_FILE).write_text(json.dumps(state.to_dict(), default=float))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    if state.round >= cfg.rounds:  # restored after the last report: report the end once more
+        report(state.rows[-1])
+        return
+    if opts["engine"] == "ray":
+        _run_ray(server, state, opts, report)
+    else:
+        shards = problem.shards
+        run(server, lambda theta, t: honest_gradients(cfg, server.model, theta, shards, t),
+            state=state, progress=report, progress_every=opts["report_every"])
+
+
+def _run_ray(server: Server, state: RunState, opts: dict, report: Callable) -> None:
+    from .engines.ray_engine import RayTrainer
+
+    trainer = RayTrainer(server.problem, actors=int(opts["actors"]))
+    try:
+        compute = trainer.compute_fn(server.config)
+        run(server, compute, state=state, progress=report, progress_every=opts["report_every"])
+    finally:
+        trainer.close()
+
+
+def run_grid_local(study: Study | str | os.PathLike | Mapping,
+                   log: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Run a study's grid in-process, without Tune: one row per trial, columns as Tune's
+    ``ResultGrid.get_dataframe()`` (``config/<key>`` and the final metrics)."""
+    if not isinstance(study, Study):
+        study = load_study(study)
+    rows = []
+    for k, values in enumerate(study.trial_configs()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cfg, opts = split_trial_config(values)
+        server = Server(cfg, cached_problem(cfg))
+        state = server.initial_state()
+        shards = server.problem.shards
+        run(server, lambda theta, t, c=cfg, s=server, sh=shards: honest_gradients(
+            c, s.model, theta, sh, t), state=state)
+        row = trial_metrics(server, state, state.rows[-1], opts, 0)
+        row.update({f"config/{key}": v for key, v in values.items()})
+        rows.append(row)
+        if log and (k + 1) % 20 == 0:
+            log(f"  {k + 1} runs done")
+    return pd.DataFrame(rows)
+
+
+# ---- results --------------------------------------------------------------------------------
+def tidy(results: pd.DataFrame, study: Study) -> pd.DataFrame:
+    """One row per (trial, ε): plain parameter columns, derived αm/βm, ``error`` for the plot."""
+    df = results.copy()
+    for key in study.param_space:
+        col = f"config/{key}"
+        if col in df.columns:
+            df[key] = df[col]
+        elif key not in df.columns:
+            df[key] = [study.param_space[key]] * len(df)
+    defaults = Config()
+    alpha = df["alpha"] if "alpha" in df.columns else pd.Series(defaults.alpha, index=df.index)
+    if "environment" in df.columns and "alpha" not in study.param_space:
+        alpha = df["environment"].map(lambda e: ENVIRONMENTS[e]["alpha"])
+    m = df["n_workers"] if "n_workers" in df.columns else pd.Series(
+        defaults.n_workers, index=df.index)
+    if "beta_offset" in df.columns:
+        beta = alpha.astype(float) + df["beta_offset"].astype(float)
+    else:
+        beta = df["beta"] if "beta" in df.columns else pd.Series(defaults.beta, index=df.index)
+    df["alpha_m"] = [n_to_screen(float(a), int(n)) for a, n in zip(alpha, m, strict=True)]
+    df["beta_m"] = [n_to_screen(float(b), int(n)) for b, n in zip(beta, m, strict=True)]
+    eps = study.eval_shift_eps
+    if eps:
+        cols = [f"{EPS_PREFIX}{e:g}" for e in eps]
+        keep = [c for c in df.columns if c not in cols and c != "shift_eps"]
+        df = df.melt(id_vars=keep, value_vars=cols, var_name="shift_eps", value_name="error_eps")
+        df["shift_eps"] = df["shift_eps"].str.slice(len(EPS_PREFIX)).astype(float)
+        df["error"] = df.pop("error_eps")
+    return df
+
+
+def _group_keys(study: Study) -> list[str]:
+    plot = study.plot
+    keys = [a for a in study.axes if a != "seed"]
+    for k in ("x", "hue", "col", "row"):
+        if plot.get(k) and plot[k] not in keys:
+            keys.append(plot[k])
+    if study.eval_shift_eps and "shift_eps" not in keys:
+        keys.append("shift_eps")
+    return keys
+
+
+def aggregate(tidy_df: pd.DataFrame, study: Study, y: str | None = None) -> pd.DataFrame:
+    """Mean ± sd over seeds of ``y`` (default: the plot's y, else the metric) per grid point;
+    with ``plot.reduce`` keeps the worse (``how``) of the ``over`` axis for each point."""
+    y = y or study.plot.get("y") or study.metric
+    keys = _group_keys(study)
+    df = tidy_df.copy()
+    for k in keys:  # lists/dicts are not hashable: group by their text
+        if df[k].map(lambda v: isinstance(v, list | dict)).any():
+            df[k] = df[k].map(str)
+    g = df.groupby(keys, dropna=False, sort=True)[y]
+    out = pd.DataFrame({"mean": g.mean(), "sd": g.std(ddof=1), "n_seeds": g.size()})
+    out = out.reset_index()
+    reduce = study.plot.get("reduce")
+    if reduce:
+        rest = [k for k in keys if k != reduce["over"]]
+        pick = (out.groupby(rest, dropna=False)["mean"].idxmax() if reduce["how"] == "max"
+                else out.groupby(rest, dropna=False)["mean"].idxmin())
+        out = out.loc[pick.values].reset_index(drop=True)
+    out.insert(len(keys) - (1 if reduce else 0), "y", y)
+    return out
+
+
+# ---- running a study with Tune --------------------------------------------------------------
+@dataclass
+class StudyResult:
+    """Where a finished study's outputs are, and its tables."""
+
+    study: Study
+    results: pd.DataFrame
+    summary: pd.DataFrame
+    experiment_path: Path
+    csv: Path
+    summary_csv: Path
+    png: Path | None
+    num_errors: int
+    seconds: float
+
+
+def _default_storage() -> Path:
+    return Path(os.environ.get("RAY_ROBUST_TUNE_DIR", "results/tune")).resolve()
+
+
+def run_study_full(
+    source: str | os.PathLike | Mapping | Study,
+    *,
+    quick: bool = False,
+    storage: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    address: str | None = None,
+    verbose: int = 0,
+    log: Callable[[str], None] | None = print,
+) -> StudyResult:
+    """Run (or, with ``resume``, continue) a study with Ray Tune and write CSV + PNG.
+
+    Outputs go to ``<storage>/<name>[_quick]/``: ``<name>_trials.csv`` (the ResultGrid
+    DataFrame), ``<name>_summary.csv`` (mean ± sd over seeds), ``<name>.png``.
+    """
+    import ray
+    from ray import tune
+
+    say = log or (lambda _msg: None)
+    storage_path = Path(storage).resolve() if storage else _default_storage()
+    if resume:
+        name = source.experiment_name if isinstance(source, Study) else None
+        if name is None:
+            study_guess = load_study(source, quick=quick)
+            name = study_guess.experiment_name
+        exp = storage_path / name
+        if not (exp / "study.json").is_file() or not tune.Tuner.can_restore(str(exp)):
+            raise ValueError(f"Nothing to resume at {exp}: run the study without --resume "
+                             "first (or pass the --storage it used).")
+        study = load_study(json.loads((exp / "study.json").read_text()))
+    else:
+        study = source if isinstance(source, Study) else load_study(source, quick=quick)
+        exp = storage_path / study.experiment_name
+        if exp.exists():
+            if not overwrite:
+                raise ValueError(f"{exp} already holds an experiment: pass --resume to continue "
+                                 "it, --overwrite to start again, or another --storage.")
+            shutil.rmtree(exp)
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    n_trials = len(study.trial_configs())
+    shape = " × ".join(f"{a} {len(_axis_values(study.param_space[a]))}" for a in study.axes)
+    say(f"study {study.experiment_name}: {n_trials} trials ({shape})"
+        f"{', resuming' if resume else ''} -> {exp}")
+    t0 = time.perf_counter()
+    fn = tune.with_resources(trainable, trial_resources)
+    if resume:
+        tuner = tune.Tuner.restore(str(exp), trainable=fn, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        exp.mkdir(parents=True, exist_ok=True)
+        (exp / "study.json").write_text(json.dumps(study.to_dict(), indent=1))
+        tuner = tune.Tuner(
+            fn,
+            param_space=study.param_space,
+            tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=study.experiment_name, storage_path=str(storage_path), verbose=verbose,
+                callbacks=[_trial_log_class()(n_trials, say, study.axes)] if log and verbose == 0
+                else None,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    grid = tuner.fit()
+    seconds = time.perf_counter() - t0
+    results = grid.get_dataframe()
+    if grid.num_errors:
+        for r in grid.errors:
+            say(f"  trial error: {str(r).splitlines()[0] if str(r) else type(r).__name__}")
+        say(f"{grid.num_errors} of {len(grid)} trials failed; their rows are missing from the "
+            "tables (see the trial logs under the experiment folder).")
+    return finish_study(study, results, exp, num_errors=grid.num_errors, seconds=seconds,
+                        log=say)
+
+
+def _trial_log_class():
+    from ray.tune import Callback
+
+    class TrialLog(Callback):
+        """One line per finished trial: '[k/N] axis=value ... -> error=...'."""
+
+        def __init__(self, total: int, say: Callable[[str], None], axes: list[str]):
+            self.total, self.say, self.axes, self.done = total, say, axes, 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            res = trial.last_result or {}
+            point = " ".join(f"{a}={trial.config.get(a)}" for a in self.axes)
+            err = res.get("error")
+            self.say(f"  [{self.done}/{self.total}] {point} -> error "
+                     f"{err:.4f}" if err is not None else f"  [{self.done}/{self.total}] {point}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            self.say(f"  [{self.done}/{self.total}] {trial} FAILED")
+
+    return TrialLog
+
+
+def finish_study(study: Study, results: pd.DataFrame, exp: Path, *, num_errors: int = 0,
+                 seconds: float = 0.0, log: Callable[[str], None] | None = None) -> StudyResult:
+    """Write the trials CSV, the seed-aggregated summary CSV and the PNG of a study."""
+    from .plots import draw_study
+
+    exp.mkdir(parents=True, exist_ok=True)
+    csv = exp / f"{study.name}_trials.csv"
+    results.to_csv(csv, index=False)
+    finished = results.dropna(subset=[study.metric]) if study.metric in results else results
+    td = tidy(finished, study) if len(finished) else finished
+    summary = aggregate(td, study) if len(td) else pd.DataFrame()
+    summary_csv = exp / f"{study.name}_summary.csv"
+    summary.to_csv(summary_csv, index=False)
+    png = draw_study(study, summary, exp / f"{study.name}.png") if len(summary) else None
+    if log:
+        log(format_summary(study, summary))
+        log(f"trials:  {csv}\nsummary: {summary_csv}\nplot:    {png}")
+        log(f"({len(results)} trials, {num_errors} errors, {seconds:.1f} s)")
+    return StudyResult(study, results, summary, exp, csv, summary_csv, png, num_errors, seconds)
+
+
+def run_study(source: str | os.PathLike | Mapping, quick: bool = False,
+              storage: str | os.PathLike | None = None, **kwargs) -> pd.DataFrame:
+    """Notebook entry point: run a study with Tune and return the per-trial DataFrame.
+
+    The CSVs and PNG are written as by ``ray-robust tune``; ``kwargs`` go to
+    :func:`run_study_full` (``resume``, ``overwrite``, ``address``, ``verbose``, ``log``).
+    """
+    kwargs.setdefault("verbose", 0)
+    kwargs.setdefault("log", None)
+    return run_study_full(source, quick=quick, storage=storage, **kwargs).results
+
+
+def format_summary(study: Study, summary: pd.DataFrame) -> str:
+    """The summary as a small text table: x down, hue across, ``mean ± sd`` cells."""
+    if summary.empty:
+        return "(no finished trials)"
+    x, hue = study.plot.get("x"), study.plot.get("hue")
+    cell = summary["mean"].map(lambda v: f"{v:.4f}") + summary["sd"].map(
+        lambda v: "" if pd.isna(v) else f" ± {v:.4f}")
+    df = summary.assign(cell=cell)
+    rest = [k for k in (study.plot.get("row"), study.plot.get("col")) if k]
+    if x and hue and x in df and hue in df:
+        index = [*rest, x] if rest else [x]
+        try:
+            table = df.pivot_table(index=index, columns=hue, values="cell", aggfunc="first")
+            return f"{summary['y'].iloc[0]} (mean ± sd over seeds)\n{table.to_string()}"
+        except (ValueError, TypeError):
+            pass
+    return df.drop(columns=["cell"]).to_string(index=False)
+
+
+__all__ = [
+    "TRIAL_KEYS",
+    "Study",
+    "StudyResult",
+    "aggregate",
+    "load_study",
+    "run_grid_local",
+    "run_study",
+    "run_study_full",
+    "split_trial_config",
+    "tidy",
+    "trainable",
+    "trial_resources",
+]
