@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from .config import Config, GuaranteeWarning
-from .core.aggregators import AGGREGATORS, Aggregation
-from .core.attacks import ATTACKS
+from .core.aggregators import AGGREGATORS, STATEFUL, Aggregation
+from .core.attacks import ATTACKS, DATA_ATTACKS, USES_OWN, flip_labels
 from .core.models import get_model
 from .core.shift import error_rate
 from .core.wrm import local_gradients, local_gradients_certified
@@ -80,12 +80,16 @@ class RunState:
     rows: list[dict] = field(default_factory=list)
     #: running sums over every round, evaluated or not (e.g. ``wrm_steps``: total ascent steps)
     totals: dict = field(default_factory=dict)
+    #: a stateful aggregator's state (centered clipping: the previous centre), else None
+    aggregator_state: np.ndarray | None = None
 
     def to_dict(self) -> dict:
         """A JSON-able snapshot (θ, round, the attack RNG's bit-generator state, the rows)."""
         return {"theta": [float(v) for v in self.theta], "round": int(self.round),
                 "attack_rng": self.attack_rng.bit_generator.state,
-                "rows": [dict(r) for r in self.rows], "totals": dict(self.totals)}
+                "rows": [dict(r) for r in self.rows], "totals": dict(self.totals),
+                "aggregator_state": (None if self.aggregator_state is None
+                                     else [float(v) for v in self.aggregator_state])}
 
     @classmethod
     def from_dict(cls, snapshot: dict) -> RunState:
@@ -95,7 +99,9 @@ class RunState:
         bit_generator.state = rng_state
         return cls(np.asarray(snapshot["theta"], dtype=np.float64), int(snapshot["round"]),
                    np.random.Generator(bit_generator), [dict(r) for r in snapshot["rows"]],
-                   totals=dict(snapshot.get("totals", {})))
+                   totals=dict(snapshot.get("totals", {})),
+                   aggregator_state=(None if snapshot.get("aggregator_state") is None else
+                                     np.asarray(snapshot["aggregator_state"], dtype=np.float64)))
 
 
 @dataclass
@@ -120,7 +126,7 @@ class Server:
     def __init__(self, config: Config, problem: Problem):
         self.config = config
         self.problem = problem
-        self.model = get_model(config.model)
+        self.model = get_model(config.model, **config.model_options())
         m, d = config.n_workers, problem.X_train.shape[1]
         if problem.shards.n_workers != m:
             raise ValueError(
@@ -128,17 +134,26 @@ class Server:
                 f"n_workers = {m}; prepare the problem with the same n_workers."
             )
         self.p = self.model.n_params(d)
+        if config.model == "softmax":
+            labels = np.concatenate([problem.y_train, problem.y_test])
+            if labels.min() < 0 or labels.max() >= config.n_classes or np.any(labels % 1):
+                raise ValueError(
+                    f"The softmax model needs labels in 0, …, n_classes − 1 = "
+                    f"{config.n_classes - 1}. Got labels in [{labels.min():g}, "
+                    f"{labels.max():g}]; set n_classes to the number of classes."
+                )
         seq = np.random.SeedSequence(config.seed).spawn(4)
-        self._init_seq, byz_seq, self._attack_seq = seq[1], seq[2], seq[3]
-        byz = np.zeros(m, dtype=bool)
+        self._init_seq, self._attack_seq = seq[1], seq[3]
         k = config.n_byzantine
-        if k:
-            byz[np.random.default_rng(byz_seq).choice(m, size=k, replace=False)] = True
-        self.byzantine = byz
-        fn, params = AGGREGATORS[config.aggregator]
-        kwargs = {name: getattr(config, name) for name in params}
-        self._aggregate: Callable[[np.ndarray], Aggregation] = lambda g: fn(g, **kwargs)
+        self.byzantine = byzantine_mask(config)
+        fn, _ = AGGREGATORS[config.aggregator]
+        kwargs = config.aggregator_kwargs()
+        if config.weighted:
+            kwargs["weights"] = problem.shards.sizes.astype(np.float64)
+        self._stateful = config.aggregator in STATEFUL
+        self._aggregate: Callable[..., Aggregation] = lambda g, **kw: fn(g, **kwargs, **kw)
         self._attack = None
+        self._attack_own = config.attack in USES_OWN
         if config.attack != "none" and k:
             self._attack = ATTACKS[config.attack][0]
         self._warned: set[str] = set()
@@ -162,13 +177,19 @@ class Server:
         if self._attack is not None:
             honest = grads[~self.byzantine & ~rejected]
             if len(honest):
+                own = {"own": grads[self.byzantine].copy()} if self._attack_own else {}
                 grads[self.byzantine] = self._attack(
-                    honest, int(self.byzantine.sum()), state.attack_rng, cfg.effective_attack_scale
+                    honest, int(self.byzantine.sum()), state.attack_rng,
+                    cfg.effective_attack_scale, **own,
                 )
                 rejected = rejected & ~self.byzantine
                 bad = ~np.isfinite(grads).all(axis=1)
                 grads[bad], rejected = np.nan, rejected | bad
-        agg = self._aggregate(grads)
+        if self._stateful:
+            agg = self._aggregate(grads, state=state.aggregator_state)
+            state.aggregator_state = agg.state
+        else:
+            agg = self._aggregate(grads)
         G = agg.vector
         if info and "wrm_samples" in info:
             info = self._certified_info(state, info)
@@ -238,7 +259,11 @@ def honest_gradients(
 
     Returns the ``(k, p)`` local gradients and a dict of worker-side statistics (empty when
     there is nothing to report), merged over actors with :func:`merge_worker_info`.
+    Under a data attack (label flip) the byzantine workers' shards are poisoned here
+    (:func:`poison_shards`), so every engine computes the same messages.
     """
+    if config.attack in DATA_ATTACKS and config.n_byzantine:
+        shards = poison_shards(config, model, shards)
     eps = config.epsilon_at(round_index) if config.wrm else None
     if eps is not None:  # certified ε (Sec. VI-D); the stopping rule is decided per shard
         return local_gradients_certified(
@@ -250,6 +275,36 @@ def honest_gradients(
         wrm=config.wrm, lam=config.lam, eta_z=config.step_z, t_z=config.t_z,
     )
     return grads, {}
+
+
+def byzantine_mask(config: Config) -> np.ndarray:
+    """The ``(m,)`` mask of byzantine workers: round(αm) of them, drawn from the seed."""
+    m, k = config.n_workers, config.n_byzantine
+    byz = np.zeros(m, dtype=bool)
+    if k:
+        byz_seq = np.random.SeedSequence(config.seed).spawn(4)[2]
+        byz[np.random.default_rng(byz_seq).choice(m, size=k, replace=False)] = True
+    return byz
+
+
+def poison_shards(config: Config, model, shards: Shards) -> Shards:
+    """The shards with the byzantine workers' labels flipped (label flip, a data attack).
+
+    A fraction ``attack_scale`` (default 1) of each byzantine shard's samples is flipped by
+    ``model.flip_labels``, drawn from a stream seeded by (seed, worker index): any stack of
+    shards, whatever its grouping, gets the same labels.
+    """
+    byz = byzantine_mask(config)[shards.worker_ids]
+    if not byz.any():
+        return shards
+    fraction = config.effective_attack_scale
+    y = shards.y.copy()
+    for i in np.flatnonzero(byz):
+        rng = np.random.default_rng(
+            np.random.SeedSequence(config.seed, spawn_key=(4, int(shards.worker_ids[i])))
+        )
+        y[i] = flip_labels(model, shards.y[i], shards.weights[i], fraction, rng)
+    return Shards(shards.X, y, shards.weights, shards.workers)
 
 
 def merge_worker_info(infos: Sequence[dict]) -> dict:

@@ -26,6 +26,7 @@ def load_problem(config: Config) -> Problem:
     return prepare(
         X, y, n_workers=config.n_workers, train_fraction=config.train_fraction,
         standardize=config.standardize, seed=data_seq,
+        sharding=config.sharding, dirichlet_alpha=config.dirichlet_alpha,
     )
 
 

@@ -96,6 +96,8 @@ class Config:
     """'mean' and 'nbs' average by shard sizes (known to the server) instead of one vote each"""
     hidden: int = 16
     """hidden units of the 'mlp' model"""
+    n_classes: int = 2
+    """classes K of the 'softmax' model (labels 0, …, K − 1)"""
     sharding: str = "iid"
     """training data over workers: 'iid', 'dirichlet' (label skew), 'sorted' (one label per
     worker) or 'quantity' (uneven sizes)"""
@@ -115,6 +117,7 @@ class Config:
         check_choice(self.sharding, "sharding", owner, SHARDINGS)
         check_real(self.dirichlet_alpha, "dirichlet_alpha", owner, low=0, low_open=True)
         check_int(self.hidden, "hidden", owner, low=1)
+        check_int(self.n_classes, "n_classes", owner, low=2)
         check_real(self.clip_tau, "clip_tau", owner, low=0, low_open=True)
         check_int(self.clip_iters, "clip_iters", owner, low=1)
         if not isinstance(self.weighted, bool):
@@ -211,6 +214,10 @@ class Config:
     def n_tolerated(self) -> int:
         """f, the faults the aggregator tolerates: ``f``, or the byzantine count when None."""
         return self.n_byzantine if self.f is None else int(self.f)
+
+    def model_options(self) -> dict[str, Any]:
+        """The model's constructor options: ``get_model(cfg.model, **cfg.model_options())``."""
+        return {"hidden": self.hidden, "n_classes": self.n_classes}
 
     def aggregator_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of the configured aggregator (``f`` resolved)."""

@@ -4,6 +4,11 @@ Spambase (UCI id 94, CC BY 4.0; Hopkins, Reeber, Forman, Suermondt 1999,
 https://doi.org/10.24432/C53G6X): 4601 e-mails × 57 numeric features, label 1 = spam.
 The project ships no copy: :func:`load_spambase` reads it from a path, from
 ``$RAY_ROBUST_DATA_DIR``, from a user cache, or downloads it from UCI into that cache.
+
+Other data: :func:`load_table` reads a user's CSV file, pandas DataFrame or numpy array with a
+named label column; :func:`make_synthetic` draws seeded synthetic tasks (logistic, softmax,
+regression, and the nonconvex 'circles'). :func:`prepare` also shards non-iid
+(``sharding='dirichlet' | 'sorted' | 'quantity'``, see :func:`make_shards`).
 """
 
 from __future__ import annotations
@@ -125,11 +130,19 @@ class Shards:
 
     ``X`` ``(m, n_max, d)``, ``y`` ``(m, n_max)``; ``weights`` ``(m, n_max)`` is 1/n_i on worker
     i's n_i real samples and 0 on padding, so a weighted sum is each worker's local mean.
+    ``workers``: the global worker index of each shard (None = 0, …, m − 1), kept by
+    :meth:`subset` so that a stack of some workers' shards knows whose they are.
     """
 
     X: np.ndarray
     y: np.ndarray
     weights: np.ndarray
+    workers: np.ndarray | None = None
+
+    @property
+    def worker_ids(self) -> np.ndarray:
+        """The global worker index of each shard."""
+        return np.arange(self.X.shape[0]) if self.workers is None else self.workers
 
     @property
     def n_workers(self) -> int:
@@ -142,7 +155,7 @@ class Shards:
     def subset(self, workers) -> Shards:
         """The shards of the given workers (in that order), as one stack."""
         idx = np.asarray(workers, dtype=np.int64)
-        return Shards(self.X[idx], self.y[idx], self.weights[idx])
+        return Shards(self.X[idx], self.y[idx], self.weights[idx], self.worker_ids[idx])
 
 
 @dataclass(frozen=True)
@@ -204,11 +217,15 @@ def prepare(
     train_fraction: float = 0.8,
     standardize: str = "zscore",
     seed: int | np.random.SeedSequence = 0,
+    sharding: str = "iid",
+    dirichlet_alpha: float = 1.0,
 ) -> Problem:
     """Split (stratified), standardize with training statistics, and shard; all seeded.
 
     ``standardize='zscore'`` maps each feature to (x − mean_train)/std_train (constant features
-    are left centred); ``'none'`` keeps raw features.
+    are left centred); ``'none'`` keeps raw features. The split is stratified by class when the
+    labels are class labels (integer-valued, at most 100 distinct values), else uniformly
+    random (regression). ``sharding`` and ``dirichlet_alpha``: see :func:`make_shards`.
     """
     train_fraction = check_real(
         train_fraction, "train_fraction", "prepare", low=0, high=1, low_open=True, high_open=True
@@ -217,7 +234,13 @@ def prepare(
     n_workers = check_int(n_workers, "n_workers", "prepare", low=1)
     seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     split_seq, shard_seq = seq.spawn(2)
-    tr, te = stratified_split(y, train_fraction, np.random.default_rng(split_seq))
+    check_choice(sharding, "sharding", "prepare", SHARDINGS)
+    if is_classification(y):
+        tr, te = stratified_split(y, train_fraction, np.random.default_rng(split_seq))
+    else:
+        order = np.random.default_rng(split_seq).permutation(y.size)
+        k = round(train_fraction * y.size)
+        tr, te = np.sort(order[:k]), np.sort(order[k:])
     if n_workers > tr.size:
         raise ValueError(
             f"The 'n_workers' parameter must be at most the number of training samples "
@@ -229,5 +252,214 @@ def prepare(
         sd = np.where(sd > 0, sd, 1.0)
         X_tr, X_te = (X_tr - mu) / sd, (X_te - mu) / sd
     y_tr, y_te = y[tr].astype(np.float64), y[te].astype(np.float64)
-    shards = shard(X_tr, y_tr, n_workers, np.random.default_rng(shard_seq))
+    shards = make_shards(X_tr, y_tr, n_workers, np.random.default_rng(shard_seq),
+                         sharding=sharding, dirichlet_alpha=dirichlet_alpha)
     return Problem(X_tr, y_tr, X_te, y_te, shards)
+
+
+# ---- non-iid sharding ------------------------------------------------------------------------
+
+#: how training samples are split over workers (:func:`make_shards`)
+SHARDINGS = ("iid", "dirichlet", "sorted", "quantity")
+
+
+def is_classification(y: np.ndarray) -> bool:
+    """True when ``y`` holds class labels: integer-valued with at most 100 distinct values."""
+    y = np.asarray(y)
+    return bool(np.all(np.mod(y, 1) == 0)) and np.unique(y).size <= 100
+
+
+def stack_shards(X: np.ndarray, y: np.ndarray, groups: list[np.ndarray]) -> Shards:
+    """Stack workers' sample index arrays ``groups`` (each non-empty) into padded
+    :class:`Shards` (weight 1/n_i on worker i's n_i samples, 0 on padding)."""
+    sizes = np.array([g.size for g in groups])
+    if (sizes == 0).any():
+        raise ValueError(f"Worker(s) {np.flatnonzero(sizes == 0).tolist()} got no sample.")
+    m, n_max, d = len(groups), int(sizes.max()), X.shape[1]
+    Xs, ys, ws = np.zeros((m, n_max, d)), np.zeros((m, n_max)), np.zeros((m, n_max))
+    for i, rows in enumerate(groups):
+        Xs[i, : rows.size], ys[i, : rows.size], ws[i, : rows.size] = X[rows], y[rows], 1 / rows.size
+    return Shards(Xs, ys, ws)
+
+
+def _cut(order: np.ndarray, proportions: np.ndarray) -> list[np.ndarray]:
+    """Split ``order`` into consecutive pieces with sizes ∝ ``proportions`` (rounded so they
+    sum to ``order.size``)."""
+    cuts = np.round(np.cumsum(proportions) / proportions.sum() * order.size).astype(np.int64)
+    return np.split(order, cuts[:-1])
+
+
+def _redraw(draw, n_workers: int, what: str, fix: str, tries: int = 100) -> list[np.ndarray]:
+    """Call ``draw()`` until every worker gets at least one sample (seeded: same RNG stream)."""
+    for _ in range(tries):
+        groups = draw()
+        if min(g.size for g in groups) > 0:
+            return groups
+    raise ValueError(
+        f"{what}: {tries} draws left some of the {n_workers} workers without a sample. {fix}"
+    )
+
+
+def make_shards(
+    X: np.ndarray,
+    y: np.ndarray,
+    n_workers: int,
+    rng: np.random.Generator,
+    *,
+    sharding: str = "iid",
+    dirichlet_alpha: float = 1.0,
+) -> Shards:
+    """Split N training samples over m workers.
+
+    - ``'iid'``: :func:`shard` (shuffled, sizes differ by at most one).
+    - ``'dirichlet'``: label skew (Hsu, Qi, Brown 2019): for each class c, draw
+      p_c ~ Dir(α·1_m) and give worker i a share p_c,i of class c's samples. Small α: each
+      worker holds few classes; α → ∞: iid. Shard sizes are uneven.
+    - ``'sorted'``: the extreme split: samples sorted by label (shuffled within a label), cut
+      into m contiguous, even shards, so most workers see a single class.
+    - ``'quantity'``: iid labels but uneven sizes ∝ q ~ Dir(α·1_m).
+
+    Uneven shards are padded with weight 0 (``Shards.weights``); each worker's message stays
+    its local mean, and the server counts every worker once (see ``Config.weighted``).
+    Draws that leave a worker empty are redrawn (seeded).
+    """
+    check_choice(sharding, "sharding", "make_shards", SHARDINGS)
+    m = check_int(n_workers, "n_workers", "make_shards", low=1)
+    if sharding == "iid":
+        return shard(X, y, m, rng)
+    alpha = check_real(dirichlet_alpha, "dirichlet_alpha", "make_shards", low=0, low_open=True)
+    n = y.size
+    if m > n:
+        raise ValueError(f"The 'n_workers' parameter must be at most the number of samples "
+                         f"({n}). Got {m} instead.")
+    if sharding == "quantity":
+        def draw() -> list[np.ndarray]:
+            return _cut(rng.permutation(n), rng.dirichlet(np.full(m, alpha)))
+
+        groups = _redraw(draw, m, "Quantity skew", "Use a larger dirichlet_alpha.")
+        return stack_shards(X, y, groups)
+    if not is_classification(y):
+        raise ValueError(
+            f"The 'sharding' parameter {sharding!r} needs class labels (integer-valued); these "
+            "look like regression targets. Use sharding='iid' or 'quantity'."
+        )
+    if sharding == "sorted":
+        perm = rng.permutation(n)
+        order = perm[np.argsort(y[perm], kind="stable")]
+        return stack_shards(X, y, _cut(order, np.ones(m)))
+    classes = np.unique(y)
+
+    def draw_labels() -> list[np.ndarray]:
+        pieces: list[list[np.ndarray]] = [[] for _ in range(m)]
+        for c in classes:
+            parts = _cut(rng.permutation(np.flatnonzero(y == c)), rng.dirichlet(np.full(m, alpha)))
+            for i, part in enumerate(parts):
+                pieces[i].append(part)
+        return [np.sort(np.concatenate(p)) for p in pieces]
+
+    groups = _redraw(draw_labels, m, "Dirichlet sharding",
+                     "Use a larger dirichlet_alpha or fewer workers.")
+    return stack_shards(X, y, groups)
+
+
+# ---- user data and synthetic data ----------------------------------------------------------
+
+
+def load_table(source, label: str | int, *, features: list | None = None):
+    """``(X, y)`` float64 from a user's table with a named label column.
+
+    ``source``: a CSV path (with a header row), a pandas DataFrame, or a 2-D numpy array (then
+    ``label`` is a column index). ``features``: the feature columns (default: all others).
+    Raises a one-line ``ValueError`` naming the column for a missing label or feature column,
+    non-numeric values, or NaN/Inf.
+    """
+    import pandas as pd
+
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"No data file at {path}. Pass the path of a CSV file.")
+        df = pd.read_csv(path)
+    elif isinstance(source, pd.DataFrame):
+        df = source
+    elif isinstance(source, np.ndarray):
+        if source.ndim != 2:
+            raise ValueError(f"A numpy data array must be 2-D (rows × columns). Got shape "
+                             f"{source.shape}.")
+        df = pd.DataFrame(source)
+    else:
+        raise ValueError(f"The data source must be a CSV path, a pandas DataFrame or a 2-D numpy "
+                         f"array. Got {type(source).__name__}.")
+    columns = list(df.columns)
+    if label not in columns:
+        raise ValueError(f"The label column {label!r} is not in the data. Columns: {columns}.")
+    feats = [c for c in columns if c != label] if features is None else list(features)
+    missing = [c for c in feats if c not in columns]
+    if missing:
+        raise ValueError(f"Feature column(s) {missing} are not in the data. Columns: {columns}.")
+    if label in feats:
+        raise ValueError(f"The label column {label!r} is also listed as a feature.")
+    if not feats:
+        raise ValueError("The data has no feature column besides the label.")
+    out = []
+    for cols in (feats, [label]):
+        part = df[cols]
+        bad = [c for c in cols if not pd.api.types.is_numeric_dtype(part[c])
+               or pd.api.types.is_bool_dtype(part[c])]
+        if bad:
+            raise ValueError(f"Column(s) {bad} are not numeric; encode them as numbers first.")
+        arr = part.to_numpy(dtype=np.float64)
+        nonfinite = [c for c, ok in zip(cols, np.isfinite(arr).all(axis=0), strict=True) if not ok]
+        if nonfinite:
+            raise ValueError(f"Column(s) {nonfinite} contain NaN or infinite values; drop or "
+                             "impute those rows first.")
+        out.append(arr)
+    return out[0], out[1][:, 0]
+
+
+SYNTHETIC_TASKS = ("logistic", "softmax", "regression", "circles")
+
+
+def make_synthetic(
+    n: int,
+    d: int,
+    *,
+    task: str = "logistic",
+    n_classes: int = 3,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded synthetic task ``(X (n, d), y (n,))`` with x ~ N(0, I_d):
+
+    - ``'logistic'``: y ~ Bernoulli(σ(xᵀw*/noise')) with w* a random unit vector, i.e. labels
+      flip near the boundary (``noise`` = the logistic temperature; 0 = separable).
+    - ``'softmax'``: y = argmax_k (W*x)_k + noise·Gumbel, K = ``n_classes``.
+    - ``'regression'``: y = xᵀw* + noise·N(0, 1).
+    - ``'circles'``: y = 1 when x₁² + x₂² > 2 ln 2 (the median radius of a 2-D Gaussian), a
+      nonconvex boundary no linear model can fit; ``noise``: the fraction of flipped labels.
+    """
+    n = check_int(n, "n", "make_synthetic", low=1)
+    d = check_int(d, "d", "make_synthetic", low=1)
+    check_choice(task, "task", "make_synthetic", SYNTHETIC_TASKS)
+    noise = check_real(noise, "noise", "make_synthetic", low=0)
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    if task == "circles":
+        if d < 2:
+            raise ValueError(f"The 'd' parameter of make_synthetic must be >= 2 for 'circles'. "
+                             f"Got {d} instead.")
+        y = (X[:, 0] ** 2 + X[:, 1] ** 2 > 2 * np.log(2)).astype(np.float64)
+        flip = rng.random(n) < min(noise, 1.0)
+        return X, np.where(flip, 1.0 - y, y)
+    if task == "softmax":
+        K = check_int(n_classes, "n_classes", "make_synthetic", low=2)
+        W = rng.standard_normal((d, K))
+        logits = X @ W + noise * rng.gumbel(size=(n, K))
+        return X, logits.argmax(axis=1).astype(np.float64)
+    w = rng.standard_normal(d)
+    w /= np.linalg.norm(w)
+    if task == "regression":
+        return X, X @ w + noise * rng.standard_normal(n)
+    s = X @ w
+    p = (s > 0).astype(np.float64) if noise == 0 else 1.0 / (1.0 + np.exp(-s / noise))
+    return X, (rng.random(n) < p).astype(np.float64)

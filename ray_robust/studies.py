@@ -289,7 +289,8 @@ def cached_problem(cfg: Config) -> Problem:
     """The problem for ``cfg``, built once per process (trials reuse their actor's copy)."""
     from .api import load_problem
 
-    key = (cfg.seed, cfg.n_workers, cfg.train_fraction, cfg.standardize, cfg.data_path)
+    key = (cfg.seed, cfg.n_workers, cfg.train_fraction, cfg.standardize, cfg.data_path,
+           cfg.sharding, cfg.dirichlet_alpha)
     if key not in _PROBLEMS:
         if len(_PROBLEMS) >= 16:
             _PROBLEMS.pop(next(iter(_PROBLEMS)))

@@ -6,12 +6,20 @@ vector of length ``model.n_params(d)``.
 
 Logistic regression, Sec. VII: f(θ; x, y) = −y ln a − (1 − y) ln(1 − a), a = σ(wᵀx + b),
 θ = (w, b). Written as softplus(s) − y·s with s = wᵀx + b, which never overflows.
+
+Also: multinomial logistic (softmax) regression, least squares, and a one-hidden-layer tanh
+MLP (the nonconvex case of Theorem 2). Each has the same methods (``n_params``, ``init``,
+``split``, ``loss``, ``grad_x``, ``mean_grad_theta``, ``lipschitz_xx``, ``predict``,
+``flip_labels``); the new ones also evaluate themselves under the worst-case test shift
+(``error_under_shift``, which :func:`ray_robust.core.shift.error_rate` calls). ``linear``
+means "WRM's line fast path in :mod:`ray_robust.core.wrm` applies", which holds for the
+logistic loss only; the others run the explicit ascent (``wrm_ascent``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, log_softmax, softmax
 
 
 class LogisticRegression:
@@ -91,11 +99,260 @@ class LogisticRegression:
         return np.concatenate([gw, r.sum(axis=-1, keepdims=True)], axis=-1)
 
 
-MODELS = {"logistic": LogisticRegression}
+    def flip_labels(self, y: np.ndarray) -> np.ndarray:
+        """Label flipping (a data attack): y ↦ 1 − y."""
+        return 1.0 - y
 
 
-def get_model(name: str):
-    """The model registered under ``name``."""
+def _weighted_theta_grad(R: np.ndarray, Z: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per shard Σ_n w_n·R_n ⊗ z_n, flattened as (d, K): shape ``(k, d·K)`` for R ``(k, n, K)``."""
+    return np.einsum("knd,knc->kdc", Z, weights[..., None] * R).reshape(Z.shape[0], -1)
+
+
+class SoftmaxRegression:
+    """Multinomial logistic regression, θ = (W, b), W ``(d, K)``, b ``(K,)``: ``p = (d + 1)K``.
+
+    f(θ; x, y) = logsumexp(Wᵀx + b) − (Wᵀx + b)_y, labels y ∈ {0, …, K − 1} stored as floats.
+    """
+
+    name = "softmax"
+    linear = False
+
+    def __init__(self, n_classes: int = 2):
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+            raise ValueError(f"The 'n_classes' parameter of the softmax model must be an integer "
+                             f">= 2. Got {n_classes!r} instead.")
+        self.n_classes = n_classes
+
+    def n_params(self, d: int) -> int:
+        return (d + 1) * self.n_classes
+
+    def split(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        K = self.n_classes
+        d = theta.size // K - 1
+        return theta[: d * K].reshape(d, K), theta[d * K :]
+
+    def init(self, d: int, rng: np.random.Generator, scale: float = 0.01) -> np.ndarray:
+        return rng.normal(0.0, scale, size=self.n_params(d))
+
+    def logits(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """S = XW + b, shape ``X.shape[:-1] + (K,)``."""
+        W, b = self.split(theta)
+        return X @ W + b
+
+    def _onehot(self, y: np.ndarray) -> np.ndarray:
+        return (y[..., None] == np.arange(self.n_classes)).astype(np.float64)
+
+    def loss(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-sample cross-entropy −log softmax(S)_y."""
+        return -(log_softmax(self.logits(theta, X), axis=-1) * self._onehot(y)).sum(axis=-1)
+
+    def predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        return self.logits(theta, X).argmax(axis=-1)
+
+    def _residual(self, theta, X, y) -> np.ndarray:
+        return softmax(self.logits(theta, X), axis=-1) - self._onehot(y)
+
+    def grad_x(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """∇_x f = W(softmax(S) − e_y), shape ``X.shape``."""
+        W, _ = self.split(theta)
+        return self._residual(theta, X, y) @ W.T
+
+    def mean_grad_theta(self, theta, Z, y, weights) -> np.ndarray:
+        """Per-shard weighted mean of ∇_θ f at ``Z`` ``(k, n, d)``: shape ``(k, p)``."""
+        R = self._residual(theta, Z, y)
+        gb = (weights[..., None] * R).sum(axis=1)
+        return np.concatenate([_weighted_theta_grad(R, Z, weights), gb], axis=-1)
+
+    def lipschitz_xx(self, theta: np.ndarray) -> float:
+        """L_zz ≤ ‖W‖₂²/2: ∇²_x f = W(diag(π) − ππᵀ)Wᵀ and ‖diag(π) − ππᵀ‖ ≤ 1/2."""
+        W, _ = self.split(theta)
+        return float(np.linalg.norm(W, 2) ** 2) / 2.0
+
+    def flip_labels(self, y: np.ndarray) -> np.ndarray:
+        """Label flipping: y ↦ K − 1 − y."""
+        return (self.n_classes - 1) - y
+
+    def error_under_shift(self, theta, X, y, norm: str | None = None, eps: float = 0.0) -> float:
+        """Misclassification rate when each x may move within ‖z − x‖_p ≤ ε (closed form).
+
+        x is misclassified at some z iff max_{k≠y} (S_k − S_y) + ε‖w_k − w_y‖_q ≥ 0 (q dual
+        to p): the exact worst case of the 0-1 loss for a linear model (with ε = 0: argmax).
+        """
+        if norm is None or eps == 0:
+            return float(np.mean(self.predict(theta, X) != y))
+        from .shift import NORMS
+
+        W, _ = self.split(theta)
+        S = self.logits(theta, X)
+        yi = y.astype(np.int64)
+        gap = S - np.take_along_axis(S, yi[..., None], axis=-1)
+        diffs = W.T[:, None, :] - W.T[None, :, :]  # (K, K, d): w_a − w_b
+        dual = np.linalg.norm(diffs, ord=NORMS[norm], axis=-1)  # (K, K)
+        worst = gap + eps * dual[yi]  # dual is symmetric: dual[y] = ‖w_k − w_y‖_q
+        np.put_along_axis(worst, yi[..., None], -np.inf, axis=-1)
+        return float(np.mean(worst.max(axis=-1) >= 0))
+
+
+class LeastSquares:
+    """Least-squares regression f(θ; x, y) = ½(wᵀx + b − y)², θ = (w, b), ``p = d + 1``.
+
+    Its "error" is the mean squared error (clean and under the worst-case shift).
+    """
+
+    name = "least_squares"
+    #: ∇_x f = (s − y)·w lies on a line too, but wrm.py's line fast path is the logistic one
+    linear = False
+
+    def n_params(self, d: int) -> int:
+        return d + 1
+
+    split = staticmethod(LogisticRegression.split)
+    init = LogisticRegression.init
+    margins = LogisticRegression.margins
+
+    def loss(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return 0.5 * (self.margins(theta, X) - y) ** 2
+
+    def predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        return self.margins(theta, X)
+
+    def grad_x(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """∇_x f = (s − y)·w."""
+        w, _ = self.split(theta)
+        return (self.margins(theta, X) - y)[..., None] * w
+
+    def mean_grad_theta(self, theta, Z, y, weights) -> np.ndarray:
+        r = weights * (self.margins(theta, Z) - y)
+        gw = np.matmul(r[:, None, :], Z)[:, 0, :]
+        return np.concatenate([gw, r.sum(axis=-1, keepdims=True)], axis=-1)
+
+    def lipschitz_xx(self, theta: np.ndarray) -> float:
+        """L_zz = ‖w‖² exactly (∇²_x f = wwᵀ); g(z) is strongly concave iff 2λ > ‖w‖²."""
+        w, _ = self.split(theta)
+        return float(w @ w)
+
+    def flip_labels(self, y: np.ndarray) -> np.ndarray:
+        """The regression analogue of label flipping: y ↦ −y."""
+        return -y
+
+    def error_under_shift(self, theta, X, y, norm: str | None = None, eps: float = 0.0) -> float:
+        """MSE when each x may move within ‖z − x‖_p ≤ ε: mean (|s − y| + ε‖w‖_q)² (closed
+        form: max over the ball of |r + δᵀw| is |r| + ε‖w‖_q)."""
+        r = np.abs(self.margins(theta, X) - y)
+        if norm is not None and eps > 0:
+            from .shift import dual_norm
+
+            r = r + eps * dual_norm(self.split(theta)[0], norm)
+        return float(np.mean(r**2))
+
+
+class MLP:
+    """One hidden layer of tanh units, a logistic output: s = vᵀtanh(W₁x + c) + b,
+    f = softplus(s) − y·s (binary labels, as Spambase). θ = (W₁ ``(h, d)``, c, v, b):
+    ``p = h(d + 2) + 1``. Nonconvex in θ (Theorem 2's case); smooth in x.
+    """
+
+    name = "mlp"
+    linear = False
+    #: the ascent worst-case test shift (``error_under_shift``): steps
+    shift_steps = 30
+
+    def __init__(self, hidden: int = 16):
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ValueError(f"The 'hidden' parameter of the MLP must be an integer >= 1. Got "
+                             f"{hidden!r} instead.")
+        self.hidden = hidden
+
+    def n_params(self, d: int) -> int:
+        return self.hidden * (d + 2) + 1
+
+    def split(self, theta: np.ndarray):
+        """(W₁ ``(h, d)``, c ``(h,)``, v ``(h,)``, b)."""
+        h = self.hidden
+        d = (theta.size - 1) // h - 2
+        W = theta[: h * d].reshape(h, d)
+        return W, theta[h * d : h * d + h], theta[h * d + h : h * d + 2 * h], theta[-1]
+
+    def init(self, d: int, rng: np.random.Generator, scale: float = 0.01) -> np.ndarray:
+        """W₁ ~ N(0, 1/d), v ~ N(0, 1/h), c = b = 0 (LeCun scaling, so tanh starts in its
+        linear range and the units differ); ``scale`` is not used by this model."""
+        h = self.hidden
+        W = rng.normal(0.0, 1.0 / np.sqrt(d), size=h * d)
+        v = rng.normal(0.0, 1.0 / np.sqrt(h), size=h)
+        return np.concatenate([W, np.zeros(h), v, [0.0]])
+
+    def _forward(self, theta, X):
+        W, c, v, b = self.split(theta)
+        H = np.tanh(X @ W.T + c)
+        return H, H @ v + b
+
+    def margins(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        return self._forward(theta, X)[1]
+
+    def loss(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        s = self.margins(theta, X)
+        return np.logaddexp(0.0, s) - y * s
+
+    def predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        return (self.margins(theta, X) > 0).astype(np.int8)
+
+    def grad_x(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """∇_x f = (σ(s) − y)·W₁ᵀ(v ⊙ (1 − tanh²(W₁x + c)))."""
+        W, _, v, _ = self.split(theta)
+        H, s = self._forward(theta, X)
+        return (expit(s) - y)[..., None] * (((1.0 - H**2) * v) @ W)
+
+    def mean_grad_theta(self, theta, Z, y, weights) -> np.ndarray:
+        """Per-shard weighted mean of ∇_θ f at ``Z`` ``(k, n, d)`` (backpropagation)."""
+        _, _, v, _ = self.split(theta)
+        H, s = self._forward(theta, Z)
+        r = weights * (expit(s) - y)  # (k, n)
+        delta = r[..., None] * (1.0 - H**2) * v  # (k, n, h)
+        gW = np.einsum("knh,knd->khd", delta, Z).reshape(Z.shape[0], -1)
+        gv = np.einsum("kn,knh->kh", r, H)
+        return np.concatenate([gW, delta.sum(axis=1), gv, r.sum(axis=-1, keepdims=True)],
+                              axis=-1)
+
+    def lipschitz_xx(self, theta: np.ndarray) -> float:
+        """A bound on ‖∇²_x f‖: ‖W₁‖₂²·(‖v‖₂²/4 + (4/(3√3))·‖v‖_∞), from
+        ∇²_x f = σ'(s)∇s∇sᵀ + (σ(s) − y)·W₁ᵀdiag(v ⊙ tanh''(a))W₁ with σ' ≤ 1/4,
+        |tanh'| ≤ 1, |tanh''| ≤ 4/(3√3), |σ − y| ≤ 1."""
+        W, _, v, _ = self.split(theta)
+        w2 = float(np.linalg.norm(W, 2)) ** 2
+        return w2 * (float(v @ v) / 4.0 + 4.0 / (3.0 * np.sqrt(3.0)) * float(np.abs(v).max()))
+
+    def flip_labels(self, y: np.ndarray) -> np.ndarray:
+        return 1.0 - y
+
+    def error_under_shift(self, theta, X, y, norm: str | None = None, eps: float = 0.0) -> float:
+        """Misclassification rate under a shift found by projected gradient ascent on the loss
+        in the ``norm`` ball (:func:`ray_robust.core.pgd.pgd_shift`): a lower bound on the
+        true worst case, which has no closed form for a nonlinear model."""
+        if norm is None or eps == 0:
+            Z = X
+        else:
+            from .pgd import pgd_shift
+
+            Z = pgd_shift(self, theta, X, y, norm, eps, steps=self.shift_steps)
+        return float(np.mean(self.predict(theta, Z) != (y == 1)))
+
+
+MODELS = {
+    "logistic": LogisticRegression,
+    "softmax": SoftmaxRegression,
+    "least_squares": LeastSquares,
+    "mlp": MLP,
+}
+
+#: the constructor options of each model (the config fields of the same name)
+MODEL_OPTIONS = {"softmax": ("n_classes",), "mlp": ("hidden",)}
+
+
+def get_model(name: str, **options):
+    """The model registered under ``name``; ``options`` (e.g. the config's ``hidden`` and
+    ``n_classes``) go to the models that take them and are ignored by the others."""
     from .._validation import check_choice
 
-    return MODELS[check_choice(name, "model", "the config", MODELS)]()
+    cls = MODELS[check_choice(name, "model", "the config", MODELS)]
+    return cls(**{k: options[k] for k in MODEL_OPTIONS.get(name, ()) if k in options})

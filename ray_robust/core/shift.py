@@ -49,6 +49,14 @@ def worst_case_margins(model, theta, X, y, norm: str | None, eps: float) -> np.n
 
 
 def error_rate(model, theta, X, y, norm: str | None = None, eps: float = 0.0) -> float:
-    """Misclassification rate on (X, y) under the worst-case shift of budget ε in ``norm``."""
+    """Misclassification rate on (X, y) under the worst-case shift of budget ε in ``norm``.
+
+    Models other than the binary logistic one evaluate themselves (``error_under_shift``:
+    closed forms for softmax and least squares, where the "error" is the MSE; projected
+    gradient ascent for the MLP).
+    """
+    custom = getattr(model, "error_under_shift", None)
+    if custom is not None:
+        return float(custom(theta, X, y, norm, eps))
     s = worst_case_margins(model, theta, X, y, norm, eps)
     return float(np.mean((s > 0) != (y == 1)))
