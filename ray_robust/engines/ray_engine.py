@@ -1,0 +1,477 @@
+"""The Ray engine: worker actors hold the shards, a server actor runs Algorithm 2's loop.
+
+Layout (issue 3):
+
+- **Worker actors** (:class:`_WorkerGroup`) each hold a contiguous group of logical workers'
+  shards, a :class:`~ray_robust.data.Shards` stack put in the object store once per
+  :class:`RayTrainer` (never per round). Given θ (sent by value: 58 floats pickle faster than a
+  ``ray.put``), a worker actor calls :func:`ray_robust.algorithm.honest_gradients`, the very
+  function the in-process engine calls, and returns one message per logical worker.
+  Packing: ``actors="auto"`` = one actor per CPU of the cluster (at most m), ``"per-worker"`` =
+  one actor per logical worker (the paper's picture), or an int. Computing a shard's gradient
+  does not depend on which other shards share its stack (every reduction runs per shard), so
+  every packing gives the in-process engine's θ bit for bit.
+- **The server actor** (:class:`_ServerActor`) holds the :class:`~ray_robust.algorithm.Server`,
+  the worker handles and θ, and runs :func:`ray_robust.algorithm.run`. Each round it launches
+  all worker calls, gathers them with ``ray.wait(timeout=round_timeout)`` and reads each future
+  under ``try/except RayError``: a late, missing or failed message is ``None``, which the
+  server's message validation turns into a rejected row (screened, never aggregated). When too
+  few valid messages remain, the aggregator's :class:`AggregationError` ends the run at the
+  driver with the round number; nothing hangs.
+- **Faults.** Worker actors are created with ``max_restarts``; Ray re-runs the constructor,
+  which receives the same shard object ref, so a restarted worker rejoins with its shard.
+  Rounds it misses count in ``n_rejected``.
+- **Progress** reaches the driver by polling: the server actor is threaded
+  (``max_concurrency=2``); its run appends each progress row to a queue that the driver drains
+  every ``poll_interval`` seconds.
+
+Resources and scheduling. Every actor asks for ``num_cpus=0``: Ray then reserves nothing, so the
+engine cannot deadlock on a small machine or inside a Tune trial that already holds the CPUs
+(a request of 1 CPU per actor would leave 20 per-worker actors pending forever on 2 cores).
+Oversubscription is bounded instead by the packing: ``"auto"`` creates one worker actor per CPU
+that the cluster reports. Worker actors use the ``SPREAD`` scheduling strategy, so on a cluster
+they are placed round-robin over the nodes (:attr:`RayTrainer.placement` records where each
+landed); the server actor has the default strategy.
+
+Ray start-up. If Ray is already initialized it is used as is. Otherwise :class:`RayTrainer`
+calls ``ray.init`` with ``address`` (or ``$RAY_ADDRESS``) to join a cluster, else
+``address="local"`` (a new local instance, never one found in ``/tmp/ray``), the dashboard off
+unless ``include_dashboard=True``, usage statistics off (``RAY_USAGE_STATS_ENABLED=0`` unless
+set), token authentication left at Ray's default; it shuts Ray down in :meth:`RayTrainer.close`
+only if it started it. On a cluster every node needs ``ray_robust`` importable (same Python and
+Ray version); the data is read on the driver only and reaches the nodes via the object store.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError, RayError, RayTaskError
+
+from ..algorithm import History, RunState, Server, honest_gradients, merge_worker_info, run
+from ..config import Config
+from ..core.aggregators import AggregationError
+from ..core.models import get_model
+from ..data import Problem, Shards
+
+PACKINGS = ("auto", "per-worker")
+
+
+# ---- actors ------------------------------------------------------------------------------
+
+
+@ray.remote
+class _WorkerGroup:
+    """Logical workers ``workers`` (contiguous) with their shards; Algorithm 2, lines 4–7."""
+
+    def __init__(
+        self,
+        shards_ref: list[ray.ObjectRef],
+        workers: Sequence[int],
+        byzantine_payload: Mapping[int, Any] | None = None,
+    ):
+        # The shard stack is read from the object ref the actor was created with, also when Ray
+        # restarts the actor (the driver keeps the ref alive). Nested in a list, the ref is
+        # fetched here rather than resolved by Ray, so a restart re-reads it explicitly.
+        self.shards: Shards = ray.get(shards_ref[0])
+        self.workers = list(workers)
+        # Test hook: logical worker → what it sends instead (a value, or f(theta, round)).
+        self.payload = {self.workers.index(i): v for i, v in (byzantine_payload or {}).items()}
+        self._models: dict[tuple, Any] = {}
+
+    def ping(self) -> dict:
+        ctx = ray.get_runtime_context()
+        return dict(workers=self.workers, node_id=ctx.get_node_id(), pid=os.getpid())
+
+    def compute(self, config: Config, theta: np.ndarray, t: int) -> tuple[Any, dict]:
+        """The group's messages: a ``(k, p)`` array, or a list when the test hook is set."""
+        key = (config.model, *config.model_options().values())
+        model = self._models.get(key)
+        if model is None:
+            model = self._models[key] = get_model(config.model, **config.model_options())
+        grads, info = honest_gradients(config, model, theta, self.shards, t)
+        if not self.payload:
+            return grads, info
+        messages: list[Any] = list(grads)
+        for j, value in self.payload.items():
+            messages[j] = value(theta, t) if callable(value) else value
+        return messages, info
+
+    def noop(self, config: Config, theta: np.ndarray, t: int) -> tuple[np.ndarray, dict]:
+        """Same message sizes as :meth:`compute`, no work: Ray's own round-trip cost."""
+        return np.zeros((len(self.workers), theta.size)), {}
+
+
+@ray.remote
+class _ServerActor:
+    """Algorithm 2's server: θ, the worker handles, and :func:`ray_robust.algorithm.run`."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        workers: Sequence[Any],
+        groups: Sequence[Sequence[int]],
+        round_timeout: float,
+    ):
+        self.problem = problem
+        self.workers = list(workers)
+        self.groups = [list(g) for g in groups]
+        self.m = sum(len(g) for g in groups)
+        self.round_timeout = round_timeout
+        self._events: collections.deque = collections.deque()
+        self._round_starts: list[float] = []
+        self._last_error = ""
+
+    def ping(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def gather(self, method: str, config: Config, theta: np.ndarray, t: int):
+        """One round trip: call ``method`` on every worker actor; missing messages are None."""
+        refs = [getattr(w, method).remote(config, theta, t) for w in self.workers]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.round_timeout)
+        if len(ready) == len(refs):
+            try:
+                results = ray.get(refs)  # the common case: one call for all
+            except RayError:
+                results = None
+        else:
+            results = None
+        if results is None:
+            done = set(ready)
+            results = []
+            for ref in refs:
+                if ref not in done:
+                    results.append(None)
+                    self._last_error = f"no answer within round_timeout = {self.round_timeout} s"
+                    continue
+                try:
+                    results.append(ray.get(ref))
+                except RayError as exc:  # dead, restarting, or raising worker: a missing message
+                    results.append(None)
+                    self._last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return self._assemble(results)
+
+    def _assemble(self, results: list) -> tuple[Any, dict]:
+        if all(
+            isinstance(r, tuple) and isinstance(r[0], np.ndarray) and r[0].ndim == 2
+            and r[0].dtype == np.float64 and len(r[0]) == len(g)
+            for r, g in zip(results, self.groups, strict=True)
+        ):
+            return np.concatenate([r[0] for r in results]), merge_worker_info(
+                [r[1] for r in results]
+            )
+        messages: list[Any] = [None] * self.m
+        infos = []
+        for r, group in zip(results, self.groups, strict=True):
+            if r is None:
+                continue
+            try:
+                msgs, info = r
+                msgs = list(msgs)
+            except (TypeError, ValueError):
+                continue
+            if len(msgs) != len(group):
+                continue
+            for i, msg in zip(group, msgs, strict=True):
+                messages[i] = msg
+            if isinstance(info, dict):
+                infos.append(info)
+        return messages, merge_worker_info(infos)
+
+    def train(
+        self,
+        config: Config,
+        progress_every: int,
+        checkpoint_every: int = 0,
+        state: RunState | None = None,
+    ) -> History:
+        """One run of Algorithm 2 (or a baseline) over the worker actors.
+
+        Progress rows and checkpoint snapshots (copies of the :class:`RunState`) are queued
+        as ``("progress", row)`` / ``("checkpoint", state)`` events for :meth:`poll`.
+        """
+        server = Server(config, self.problem)
+        state = server.initial_state() if state is None else state
+        self._events.clear()
+        self._round_starts = []
+        self._last_error = ""
+
+        def compute(theta: np.ndarray, t: int):
+            self._round_starts.append(time.perf_counter())
+            return self.gather("compute", config, theta, t)
+
+        try:
+            return run(
+                server, compute, state=state, progress_every=max(progress_every, 1),
+                progress=(lambda row: self._events.append(("progress", row)))
+                if progress_every > 0 else None,
+                checkpoint=lambda st: self._events.append(("checkpoint", copy.deepcopy(st))),
+                checkpoint_every=checkpoint_every,
+            )
+        except AggregationError as exc:
+            why = f"; last worker error: {self._last_error}" if self._last_error else ""
+            raise AggregationError(
+                f"Round {state.round + 1} of {config.rounds}: {exc} Too few worker messages "
+                f"arrived valid{why}."
+            ) from None
+
+    def poll(self) -> list[tuple[str, Any]]:
+        """The events queued since the last poll, oldest first."""
+        events = []
+        while self._events:
+            events.append(self._events.popleft())
+        return events
+
+    def round_seconds(self) -> list[float]:
+        """Wall time of each completed round of the last run (round trip + server step)."""
+        return list(np.diff(self._round_starts))
+
+    def time_noop(self, config: Config, rounds: int) -> list[float]:
+        """Seconds per no-op round trip to the same worker actors (for benchmarks)."""
+        theta = np.zeros(Server(config, self.problem).p)
+        out = []
+        for t in range(rounds):
+            t0 = time.perf_counter()
+            self.gather("noop", config, theta, t)
+            out.append(time.perf_counter() - t0)
+        return out
+
+
+# ---- driver side -------------------------------------------------------------------------
+
+
+def _ensure_ray(address: str | None, include_dashboard: bool) -> bool:
+    """Initialize Ray unless it already is; True when this call started (or joined) it."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=target, include_dashboard=include_dashboard, log_to_driver=False)
+    return True
+
+
+def _packing(actors: str | int, m: int) -> list[list[int]]:
+    """Contiguous groups of the m logical workers, one per worker actor."""
+    if isinstance(actors, str) and actors.isdigit():
+        actors = int(actors)
+    if actors == "per-worker":
+        n = m
+    elif actors == "auto":
+        n = min(m, max(1, int(ray.cluster_resources().get("CPU", 1))))
+    elif isinstance(actors, int) and not isinstance(actors, bool) and 1 <= actors <= m:
+        n = actors
+    else:
+        raise ValueError(
+            f"The 'actors' parameter of the Ray engine must be 'auto', 'per-worker' or an int "
+            f"in [1, {m}]. Got {actors!r} instead."
+        )
+    return [g.tolist() for g in np.array_split(np.arange(m), n)]
+
+
+class RayTrainer:
+    """Worker actors and a server actor for one problem, reused by every run on its shards.
+
+    Creating an actor costs ≈ 0.35 s, so the runs that share a problem (e.g. Table I's 20 runs
+    of one seed) share one trainer: ``trainer(config) -> History``, then :meth:`close`.
+    Configs must match the problem's data (n_workers, seed, split, standardization).
+
+    ``byzantine_payload`` (a test hook) maps a logical worker to what its actor really sends
+    instead of its gradient: a value (None, a string, a wrong shape, NaN, …) or a callable
+    ``f(theta, round)``.
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        *,
+        address: str | None = None,
+        actors: str | int = "auto",
+        round_timeout: float = 60.0,
+        max_restarts: int = 10,
+        include_dashboard: bool = False,
+        poll_interval: float = 0.25,
+        byzantine_payload: Mapping[int, Any] | None = None,
+        startup_timeout: float = 300.0,
+    ):
+        if not (isinstance(round_timeout, int | float) and round_timeout > 0):
+            raise ValueError(
+                f"The 'round_timeout' parameter of the Ray engine must be a number of seconds "
+                f"> 0. Got {round_timeout!r} instead."
+            )
+        if not (isinstance(max_restarts, int) and max_restarts >= -1):
+            raise ValueError(
+                f"The 'max_restarts' parameter of the Ray engine must be an int ≥ -1 (-1: "
+                f"unlimited). Got {max_restarts!r} instead."
+            )
+        m = problem.shards.n_workers
+        bad = [i for i in (byzantine_payload or {}) if not (isinstance(i, int) and 0 <= i < m)]
+        if bad:
+            raise ValueError(
+                f"The 'byzantine_payload' parameter of the Ray engine must map logical workers "
+                f"in [0, {m}) to payloads. Got keys {bad!r}."
+            )
+        self.problem = problem
+        self.poll_interval = poll_interval
+        self._data_key: tuple | None = None
+        self._workers: list[Any] = []
+        self._server = None
+        self._started_ray = _ensure_ray(address, include_dashboard)
+        try:
+            self.groups = _packing(actors, m)
+            payload = dict(byzantine_payload or {})
+            # One put per group, kept alive here: restarted actors re-read the same refs.
+            self._shard_refs = [ray.put(problem.shards.subset(g)) for g in self.groups]
+            self._workers = [
+                _WorkerGroup.options(
+                    num_cpus=0, scheduling_strategy="SPREAD", max_restarts=max_restarts,
+                ).remote([ref], g, {i: payload[i] for i in g if i in payload})
+                for ref, g in zip(self._shard_refs, self.groups, strict=True)
+            ]
+            self._server = _ServerActor.options(num_cpus=0, max_concurrency=2).remote(
+                ray.put(problem), self._workers, self.groups, float(round_timeout)
+            )
+            refs = [w.ping.remote() for w in self._workers] + [self._server.ping.remote()]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=startup_timeout)
+            if len(ready) < len(refs):
+                raise RuntimeError(
+                    f"Only {len(ready)} of the {len(refs)} Ray actors (worker actors and the "
+                    f"server) started within {startup_timeout:g} s; check the cluster's "
+                    f"resources (ray status)."
+                )
+            *pings, self._server_node = ray.get(refs)
+            self.placement: list[dict] = pings
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def worker_actors(self) -> list[Any]:
+        """The worker actor handles, one per group of :attr:`groups` (e.g. to kill one)."""
+        return list(self._workers)
+
+    def refresh_placement(self) -> list[dict]:
+        """Ask every live worker actor where it runs now (node id, pid); updates placement."""
+        out = []
+        for w, g in zip(self._workers, self.groups, strict=True):
+            try:
+                out.append(ray.get(w.ping.remote(), timeout=30))
+            except (RayError, TimeoutError):
+                out.append(dict(workers=g, node_id=None, pid=None))
+        self.placement = out
+        return out
+
+    def _check(self, config: Config) -> None:
+        m = self.problem.shards.n_workers
+        if config.n_workers != m:
+            raise ValueError(
+                f"The config asks for n_workers = {config.n_workers} but this RayTrainer holds "
+                f"{m} shards; make a RayTrainer for a problem with n_workers = "
+                f"{config.n_workers}."
+            )
+        key = (config.seed, config.train_fraction, config.standardize)
+        if self._data_key is None:
+            self._data_key = key
+        elif key != self._data_key:
+            raise ValueError(
+                f"This RayTrainer holds the data of (seed, train_fraction, standardize) = "
+                f"{self._data_key}, but the config asks for {key}; make a new RayTrainer from "
+                f"load_problem(config)."
+            )
+
+    def __call__(
+        self,
+        config: Config,
+        *,
+        progress: Callable[[dict], None] | None = None,
+        progress_every: int = 50,
+        checkpoint: Callable[[RunState], None] | None = None,
+        checkpoint_every: int = 0,
+        state: RunState | None = None,
+    ) -> History:
+        """One run on the worker actors, from ``state`` if given (a resumed run).
+
+        ``progress(row)`` every ``progress_every`` rounds and ``checkpoint(state)`` every
+        ``checkpoint_every`` rounds and at the end are called here, on the driver, as the
+        server actor's events arrive (polled every ``poll_interval`` seconds).
+        """
+        if self._server is None:
+            raise RuntimeError("This RayTrainer is closed; make a new one.")
+        self._check(config)
+        if checkpoint is None:
+            checkpoint_every = 0
+        fut = self._server.train.remote(
+            config, progress_every if progress else 0, checkpoint_every, state
+        )
+        try:
+            if progress is not None or checkpoint_every:
+                while True:
+                    done, _ = ray.wait([fut], timeout=self.poll_interval)
+                    for kind, payload in ray.get(self._server.poll.remote()):
+                        if kind == "progress" and progress is not None:
+                            progress(payload)
+                        elif kind == "checkpoint" and checkpoint is not None:
+                            checkpoint(payload)
+                    if done:
+                        break
+            return ray.get(fut)
+        except RayTaskError as exc:
+            if isinstance(exc.cause, AggregationError):
+                raise AggregationError(str(exc.cause)) from None
+            raise
+        except RayActorError as exc:
+            raise RuntimeError(
+                f"The Ray engine's server actor died during the run ({exc}); make a new "
+                f"RayTrainer."
+            ) from None
+
+    def round_seconds(self) -> np.ndarray:
+        """Wall time of each round of the last run, measured in the server actor."""
+        return np.asarray(ray.get(self._server.round_seconds.remote()))
+
+    def time_noop(self, config: Config, rounds: int = 100) -> np.ndarray:
+        """Seconds per no-op round trip from the server actor to the same worker actors."""
+        return np.asarray(ray.get(self._server.time_noop.remote(config, rounds)))
+
+    def close(self) -> None:
+        """Kill the actors; shut Ray down if this trainer started it. Idempotent."""
+        for actor in [*self._workers, self._server]:
+            if actor is not None:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception:  # already dead, or Ray already shut down
+                    pass
+        self._workers, self._server = [], None
+        self._shard_refs = []
+        if self._started_ray:
+            self._started_ray = False
+            ray.shutdown()
+
+    def __enter__(self) -> RayTrainer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def train_ray(
+    config: Config,
+    problem: Problem,
+    *,
+    progress: Callable[[dict], None] | None = None,
+    progress_every: int = 50,
+    checkpoint: Callable[[RunState], None] | None = None,
+    checkpoint_every: int = 0,
+    state: RunState | None = None,
+    **options,
+) -> History:
+    """One run on the Ray engine: a :class:`RayTrainer` (``options``) used once, then closed."""
+    with RayTrainer(problem, **options) as trainer:
+        return trainer(config, progress=progress, progress_every=progress_every,
+                       checkpoint=checkpoint, checkpoint_every=checkpoint_every, state=state)

@@ -1,0 +1,257 @@
+"""The Ray engine (issue 3) against the in-process reference, on real Ray actors.
+
+Every test uses the session's local Ray instance (``ray_session``); worker actors are created
+once per packing and reused across tests, as ``reproduce table1`` reuses them across runs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ray_robust.algorithm import Server, honest_gradients, run
+from ray_robust.api import load_problem, train
+from ray_robust.checkpoint import load_checkpoint
+from ray_robust.config import Config
+from ray_robust.core.aggregators import AggregationError
+from ray_robust.engines.ray_engine import RayTrainer
+from ray_robust.reproduce import PAPER_SETTING, format_table1, run_table1, summarize_table1
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+ROUNDS = 30
+BASE = {**PAPER_SETTING, "rounds": ROUNDS, "seed": 1, "alpha": 0.15, "shift_norm": "l1",
+        "shift_eps": 0.3}
+
+
+def make_config(**values) -> Config:
+    return Config.from_dict({**BASE, **values})
+
+
+@pytest.fixture(scope="module")
+def problem(data_dir):
+    return load_problem(make_config(algorithm="alg2"))
+
+
+@pytest.fixture(scope="module")
+def trainers(problem):
+    """packing → a RayTrainer on the module's problem, created on first use (actors cost)."""
+    made: dict = {}
+
+    def get(actors):
+        if actors not in made:
+            made[actors] = RayTrainer(problem, actors=actors, round_timeout=30.0)
+        return made[actors]
+
+    yield get
+    for trainer in made.values():
+        trainer.close()
+
+
+#: Float sums over shards reported by certified-ε workers: summed per actor, then over actors,
+#: so the order of additions (not the values added) depends on the packing.
+SUMMED_STATS = ["wrm_certificate_sum", "wrm_certificate_mean"]
+
+
+def assert_same_run(ray_hist, local_hist):
+    np.testing.assert_array_equal(ray_hist.theta, local_hist.theta)  # bit for bit
+    np.testing.assert_array_equal(ray_hist.byzantine, local_hist.byzantine)
+    exact = [c for c in local_hist.metrics.columns if c not in SUMMED_STATS]
+    pd.testing.assert_frame_equal(ray_hist.metrics[exact], local_hist.metrics[exact],
+                                  check_exact=True)
+    summed = [c for c in SUMMED_STATS if c in local_hist.metrics.columns]
+    pd.testing.assert_frame_equal(ray_hist.metrics[summed], local_hist.metrics[summed],
+                                  check_exact=False, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("attack", ["aggressive", "intelligent"])
+@pytest.mark.parametrize("algorithm", ["erm", "nbs", "dro", "alg2"])
+@pytest.mark.parametrize("actors", ["auto", "per-worker"])
+def test_bit_identical_to_local_engine(trainers, problem, actors, algorithm, attack):
+    cfg = make_config(algorithm=algorithm, attack=attack)
+    import ray
+
+    trainer = trainers(actors)
+    n_cpus = int(ray.cluster_resources()["CPU"])
+    assert len(trainer.groups) == (20 if actors == "per-worker" else min(20, n_cpus))
+    assert_same_run(trainer(cfg), train(cfg, problem=problem))
+
+
+@pytest.mark.parametrize("values", [
+    dict(algorithm="alg2", attack="intelligent"),  # uneven groups: 7 + 7 + 6 shards
+    dict(algorithm="alg2", attack="aggressive", epsilon=1e-3),  # certified ascent, wrm_* info
+    dict(algorithm="dro", attack="none", alpha=0.0, eval_every=7),
+], ids=["uneven", "certified-eps", "eval-every"])
+def test_bit_identical_three_actors(trainers, problem, values):
+    cfg = make_config(**values)
+    trainer = trainers(3)
+    assert [len(g) for g in trainer.groups] == [7, 7, 6]
+    assert_same_run(trainer(cfg), train(cfg, problem=problem))
+
+
+def test_killed_workers_rejoin_after_restart(trainers, problem):
+    """Kill 3 of 20 worker actors mid-run: the run completes, their missing rounds count as
+    rejected, Ray restarts them (new processes) and they contribute again."""
+    import ray
+
+    trainer = trainers("per-worker")
+    victims = [2, 9, 15]
+    before = {i: trainer.refresh_placement()[i]["pid"] for i in victims}
+    cfg = make_config(algorithm="alg2", attack="none", alpha=0.0, rounds=100)
+    killed_at = []
+
+    def kill_once(row):
+        if row["round"] >= 20 and not killed_at:
+            for i in victims:
+                ray.kill(trainer.worker_actors[i], no_restart=False)
+            killed_at.append(row["round"])
+
+    hist = trainer(cfg, progress=kill_once, progress_every=1)
+    rejected = hist.metrics.set_index("round")["n_rejected"]
+    assert killed_at and len(hist.metrics) == 100
+    assert rejected.loc[: killed_at[0]].eq(0).all()
+    assert rejected.sum() >= len(victims)  # the killed workers' missing messages
+    assert rejected.max() <= len(victims)
+    assert rejected.iloc[-20:].eq(0).all()  # all 20 workers' messages valid again
+    assert np.isfinite(hist.theta).all()
+    after = trainer.refresh_placement()
+    assert all(after[i]["pid"] not in (None, before[i]) for i in victims)
+    # The restarted actors reloaded their shards: the next run is again bit-identical.
+    cfg = make_config(algorithm="alg2", attack="aggressive")
+    assert_same_run(trainer(cfg), train(cfg, problem=problem))
+
+
+PAYLOADS = {
+    0: None,
+    3: "not a gradient",
+    5: np.zeros(7),  # wrong shape
+    7: lambda theta, t: np.full(theta.size, np.nan),
+    11: lambda theta, t: np.where(np.arange(theta.size) == t % theta.size, np.inf, 1.0),
+    12: [0.0] * 58,  # a list, not an array
+    16: np.zeros((58, 1)),
+}
+
+
+@pytest.mark.parametrize("algorithm,attack", [("alg2", "none"), ("erm", "aggressive"),
+                                              ("nbs", "intelligent")])
+def test_malformed_messages_from_real_actors(problem, algorithm, attack):
+    """Actors really send None, str, wrong shapes, NaN, Inf over Ray: every such message is
+    rejected, the server never crashes, and θ equals a local run where they are missing."""
+    cfg = make_config(algorithm=algorithm, attack=attack, rounds=20)
+    with RayTrainer(problem, actors=4, byzantine_payload=PAYLOADS) as trainer:
+        hist = trainer(cfg)
+    assert np.isfinite(hist.theta).all()
+    server = Server(cfg, problem)
+    bad = np.isin(np.arange(20), list(PAYLOADS))
+    expected_rejected = int((bad & ~server.byzantine).sum()) if attack != "none" else bad.sum()
+    assert hist.metrics["n_rejected"].eq(expected_rejected).all()
+
+    def compute(theta, t):  # the local reference with those messages missing
+        grads, info = honest_gradients(cfg, server.model, theta, problem.shards, t)
+        msgs = list(grads)
+        for i in PAYLOADS:
+            msgs[i] = None
+        return msgs, info
+
+    np.testing.assert_array_equal(hist.theta, run(server, compute).theta)
+
+
+def test_straggler_is_skipped_at_the_timeout(problem):
+    """A worker actor slower than round_timeout: its workers' messages count as missing."""
+    slow = {0: lambda theta, t: time.sleep(2.0) or np.zeros(theta.size)}
+    cfg = make_config(algorithm="alg2", attack="none", alpha=0.0, rounds=3)
+    with RayTrainer(problem, actors=4, round_timeout=0.5, byzantine_payload=slow) as trainer:
+        t0 = time.perf_counter()
+        hist = trainer(cfg)
+        elapsed = time.perf_counter() - t0
+    assert hist.metrics["n_rejected"].eq(5).all()  # the slow actor holds workers 0–4
+    assert elapsed < 6.0  # rounds waited ≈ round_timeout each, not the 2 s per call
+
+
+def test_too_few_messages_ends_with_a_clear_error(problem):
+    import ray
+
+    cfg = make_config(algorithm="alg2", attack="none", alpha=0.0)
+    with RayTrainer(problem, actors=2, round_timeout=5.0) as trainer:
+        for actor in trainer.worker_actors:
+            ray.kill(actor, no_restart=True)
+        with pytest.raises(AggregationError, match=r"Round 1 of 30: NBS: no valid message.*"
+                                                   r"ActorDiedError"):
+            trainer(cfg)
+
+
+def test_progress_reaches_the_driver(trainers, problem):
+    rows = []
+    hist = trainers("auto")(make_config(algorithm="alg2", attack="aggressive"),
+                           progress=rows.append, progress_every=10)
+    assert [r["round"] for r in rows] == [10, 20, 30]
+    assert rows[-1]["train_loss"] == hist.final["train_loss"]
+
+
+def test_configs_must_match_the_trainers_problem(trainers):
+    trainer = trainers("auto")
+    trainer(make_config(algorithm="erm", rounds=1))
+    with pytest.raises(ValueError, match="n_workers = 10 but this RayTrainer holds 20 shards"):
+        trainer(make_config(algorithm="erm", n_workers=10, rounds=1))
+    with pytest.raises(ValueError, match=r"holds the data of \(seed, .*make a new RayTrainer"):
+        trainer(make_config(algorithm="erm", seed=2, rounds=1))
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(actors="many"), "'actors' parameter of the Ray engine must be 'auto', 'per-worker'"),
+    (dict(actors=21), r"an int in \[1, 20\]. Got 21"),
+    (dict(round_timeout=0), "'round_timeout' parameter of the Ray engine"),
+    (dict(byzantine_payload={20: None}), "'byzantine_payload' parameter"),
+])
+def test_invalid_options(problem, options, match):
+    with pytest.raises(ValueError, match=match):
+        RayTrainer(problem, **options)
+
+
+def test_train_api_with_checkpoint_and_resume(problem, tmp_path):
+    """train(engine='ray') uses the running Ray (and leaves it up); checkpoints and resume
+    give the local engine's θ."""
+    import ray
+
+    cfg = make_config(algorithm="alg2", attack="intelligent")
+    local = train(cfg, problem=problem)
+    hist = train(cfg, engine="ray", problem=problem, actors=2, checkpoint_dir=tmp_path,
+                 checkpoint_every=10)
+    assert ray.is_initialized()
+    assert_same_run(hist, local)
+    saved_cfg, state = load_checkpoint(tmp_path)
+    assert saved_cfg == cfg and state.round == ROUNDS
+    np.testing.assert_array_equal(state.theta, local.theta)
+    # Resume on Ray from a local run stopped after 10 rounds.
+    first = make_config(algorithm="alg2", attack="intelligent", rounds=10)
+    server = Server(first, problem)
+    state = server.initial_state()
+    run(server, lambda th, t: honest_gradients(first, server.model, th, problem.shards, t),
+        state=state)
+    resumed = train(cfg, engine="ray", problem=problem, actors=2, state=state)
+    assert_same_run(resumed, local)
+
+
+def _table(text: str) -> list[str]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("env "))
+    return lines[start:start + 6]
+
+
+def test_cli_reproduce_table1_on_ray_prints_the_local_table(data_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_ROBUST_DATA_DIR"] = str(data_dir)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_robust.cli", "reproduce", "table1", "--engine", "ray",
+         "--seeds", "1", "--rounds", "20", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    local = format_table1(summarize_table1(run_table1([0], rounds=20)))
+    assert _table(proc.stdout) == _table(local)
