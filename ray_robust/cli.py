@@ -144,7 +144,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _progress(row: dict) -> None:
     _say(f"  round {row['round']:>5}  loss {row['train_loss']:.4f}  "
          f"error {row['test_error']:.4f}  shifted {row['test_error_shifted']:.4f}  "
-         f"screened {row['n_screened']}")
+         f"screened {row['n_screened']}" + (
+             f"  ε {row['epsilon']:g}  cert {row['wrm_certificate_max']:.2g}  "
+             f"ascent steps {row['wrm_steps_total']}" if "wrm_steps_total" in row else ""))
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict:

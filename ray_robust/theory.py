@@ -124,6 +124,23 @@ def ascent_plan(
     return AscentPlan(lam_g, l_g, step, rho, t_z)
 
 
+def ascent_plan_for(
+    config: Config, theta: np.ndarray, X: np.ndarray, y: np.ndarray, epsilon: float
+) -> AscentPlan:
+    """:func:`ascent_plan` for a run's model, λ and step at θ on samples ``(X, y)``.
+
+    L_zz is the model's bound ``lipschitz_xx(θ)``; D_z = max ‖x − z*‖ is bounded by the
+    certificate at the start point, max ‖∇_x f(θ; x)‖/λ_g (∇g(x) = ∇_x f at z = x).
+    """
+    from .core.models import get_model
+
+    model = get_model(config.model)
+    l_zz = model.lipschitz_xx(theta)
+    lam_g, _ = wrm.concavity_constants(config.lam, l_zz)
+    d_z = float(np.linalg.norm(model.grad_x(theta, X, y), axis=-1).max()) / lam_g
+    return ascent_plan(config.lam, l_zz, epsilon, d_z if lam_g > 0 else np.inf, config.step_z)
+
+
 @dataclass(frozen=True)
 class Counterexample:
     """Sec. VI-C's inputs, NBS output and the paper's closed form (−4·g₁₀ + g₉ + g₁₀)/6."""

@@ -153,3 +153,20 @@ def test_cli_rejects_a_bad_schedule(capsys):
     assert main(["train", "--epsilon-schedule", "two-stage:oops"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ray-robust: error: The 'epsilon_schedule' parameter")
+
+
+def test_ascent_plan_for_a_run_bounds_the_certified_step_count(data_dir):
+    """The a-priori T_z of Sec. VI-D is an upper bound on what the certified ascent needs."""
+    from ray_robust.api import load_problem
+
+    cfg = _cfg(rounds=1)
+    pb = load_problem(cfg)
+    theta = np.random.default_rng(0).normal(size=pb.X_train.shape[1] + 1) * 0.3
+    sh = pb.shards.subset([0])
+    X, y = sh.X[0], sh.y[0]
+    plan = theory.ascent_plan_for(cfg, theta, X, y, 1e-4)
+    assert plan.eta_z == cfg.step_z == 0.05 and plan.rho < 1 and plan.t_z > 0
+    _, info = wrm.local_gradients_certified(
+        LogisticRegression(), theta, sh.X, sh.y, sh.weights, lam=cfg.lam, eta_z=cfg.step_z,
+        epsilon=1e-4, t_z_max=10_000)
+    assert 0 < info["wrm_steps_max"] <= plan.t_z
