@@ -282,3 +282,25 @@ def test_schedule_study_yaml_quick(data_dir):
     results = run_grid_local(study)
     assert len(results) == len(study.trial_configs())
     assert results["wrm_steps_total"].gt(0).all()
+
+
+def test_a_resumed_run_keeps_the_step_total(problem):
+    """RunState snapshots carry the running totals: resume = uninterrupted run."""
+    import json
+
+    from ray_robust.algorithm import RunState
+
+    cfg = Config.from_dict({**E1, "rounds": 6, "epsilon_schedule": "two-stage:0.3,1e-4,0.5"})
+
+    def compute(server):
+        return lambda th, t: honest_gradients(cfg, server.model, th, problem.shards, t)
+
+    server = Server(cfg, problem)
+    whole = run(server, compute(server))
+    server = Server(cfg, problem)
+    state = server.initial_state()
+    run(Server(cfg.replace(rounds=3), problem), compute(server), state=state)
+    state = RunState.from_dict(json.loads(json.dumps(state.to_dict())))
+    resumed = run(server, compute(server), state=state)
+    assert np.array_equal(whole.theta, resumed.theta)
+    assert resumed.final["wrm_steps_total"] == whole.final["wrm_steps_total"]
