@@ -200,8 +200,16 @@ def pairwise_sq_distances(X: np.ndarray) -> np.ndarray:
         D = sq[:, None] + sq[None, :] - 2.0 * (X @ X.T)
     D[np.isnan(D)] = np.inf
     np.maximum(D, 0.0, out=D)
+    D = 0.5 * (D + D.T)  # exactly symmetric, so a mutual-nearest pair ties exactly
     np.fill_diagonal(D, 0.0)
     return D
+
+
+def _rank(scores: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Indices by increasing score, ties broken by the rows' values (lexicographically), not
+    by position: the selection is permutation invariant. Ties are common: with one neighbour
+    (n − f − 2 = 1) the two points of a mutual-nearest pair have the same score."""
+    return np.lexsort((*X.T[::-1], scores))
 
 
 def krum_scores(D: np.ndarray, f: int) -> np.ndarray:
@@ -220,7 +228,8 @@ def krum(grads: np.ndarray, f: int) -> Aggregation:
     """Krum (Blanchard et al. 2017): output the input with the smallest score, the sum of its
     squared distances to its n − f − 2 nearest neighbours. Needs n > 2f + 2.
 
-    Non-finite rows count toward f. Ties go to the lowest index. ``kept``: the chosen input.
+    Non-finite rows count toward f. Ties go to the lexicographically smallest row.
+    ``kept``: the chosen input.
     """
     return _krum_select(grads, f, 1, "krum")
 
@@ -242,7 +251,7 @@ def _krum_select(grads: np.ndarray, f: int, n_selected: int | None, rule: str) -
     n = X.shape[0]  # n > 2f + 2 still holds for the finite rows (see the module docstring)
     q = n - f if n_selected is None else min(n_selected, n)
     scores = krum_scores(pairwise_sq_distances(X), f)
-    chosen = np.argsort(scores, kind="stable")[:q]
+    chosen = _rank(scores, X)[:q]
     return Aggregation(X[chosen].mean(axis=0), _mask(valid, chosen))
 
 
@@ -251,7 +260,8 @@ def geometric_median(
 ) -> Aggregation:
     """Geometric median argmin_z Σ_i ‖z − g_i‖ by the smoothed Weiszfeld iteration (RFA,
     Pillutla, Kakade, Harchaoui 2022): z ← Σ_i β_i g_i / Σ_i β_i, β_i = 1/max(ν, ‖z − g_i‖),
-    from the coordinate-wise median, until ‖Δz‖ ≤ tol·max(1, ‖z‖) or ``max_iter`` steps.
+    from the coordinate-wise median, until ‖Δz‖ ≤ tol·(mean_i ‖z − g_i‖) (a criterion that
+    does not depend on the origin or the scale) or ``max_iter`` steps.
 
     Breakdown point 1/2; takes no f. ``kept``: every finite row (all carry weight).
     """
@@ -259,9 +269,10 @@ def geometric_median(
     z = np.median(X, axis=0)
     with np.errstate(over="ignore", invalid="ignore"):
         for _ in range(max_iter):
-            b = 1.0 / np.maximum(np.linalg.norm(X - z, axis=1), nu)
+            dist = np.linalg.norm(X - z, axis=1)
+            b = 1.0 / np.maximum(dist, nu)
             z_new = (b @ X) / b.sum()
-            done = np.linalg.norm(z_new - z) <= tol * max(1.0, float(np.linalg.norm(z_new)))
+            done = np.linalg.norm(z_new - z) <= tol * float(dist.mean())
             z = z_new
             if done:
                 break
@@ -319,7 +330,7 @@ def bulyan(grads: np.ndarray, f: int) -> Aggregation:
     selected = np.empty(n_sel, dtype=np.int64)
     for t in range(n_sel):  # θ ≤ n vectorized Krum selections, not an O(n²) Python loop
         scores = krum_scores(D[np.ix_(remaining, remaining)], f)
-        j = int(np.argmin(scores))
+        j = int(_rank(scores, X[remaining])[0])
         selected[t] = remaining[j]
         remaining = np.delete(remaining, j)
     S = X[selected]
