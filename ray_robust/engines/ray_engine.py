@@ -62,6 +62,10 @@ from ..core.models import get_model
 from ..data import Problem, Shards
 
 PACKINGS = ("auto", "per-worker")
+#: CPUs each actor (worker or server) asks Ray for. 0: nothing is reserved (see above), so a
+#: caller that reserves resources for the engine (e.g. a Tune trial's placement group) needs
+#: no bundle for the actors: a bundle of only zeros is invalid in Ray.
+ACTOR_CPUS = 0
 
 
 # ---- actors ------------------------------------------------------------------------------
@@ -109,53 +113,44 @@ class _WorkerGroup:
         return np.zeros((len(self.workers), theta.size)), {}
 
 
-@ray.remote
-class _ServerActor:
-    """Algorithm 2's server: θ, the worker handles, and :func:`ray_robust.algorithm.run`."""
+class _Gather:
+    """One round trip to the worker actors (the actor layer only schedules and collects).
 
-    def __init__(
-        self,
-        problem: Problem,
-        workers: Sequence[Any],
-        groups: Sequence[Sequence[int]],
-        round_timeout: float,
-    ):
-        self.problem = problem
+    Calls ``method(config, θ, t)`` on every worker actor, waits at most ``round_timeout``
+    seconds, and returns the m messages and the merged worker info. A late, missing or failed
+    message is None (the server rejects it); :attr:`last_error` says why the last one was.
+    """
+
+    def __init__(self, workers: Sequence[Any], groups: Sequence[Sequence[int]],
+                 round_timeout: float):
         self.workers = list(workers)
         self.groups = [list(g) for g in groups]
-        self.m = sum(len(g) for g in groups)
+        self.m = sum(len(g) for g in self.groups)
         self.round_timeout = round_timeout
-        self._events: collections.deque = collections.deque()
-        self._round_starts: list[float] = []
-        self._last_error = ""
+        self.last_error = ""
 
-    def ping(self) -> str:
-        return ray.get_runtime_context().get_node_id()
-
-    def gather(self, method: str, config: Config, theta: np.ndarray, t: int):
-        """One round trip: call ``method`` on every worker actor; missing messages are None."""
+    def __call__(self, method: str, config: Config, theta: np.ndarray, t: int):
         refs = [getattr(w, method).remote(config, theta, t) for w in self.workers]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.round_timeout)
+        results = None
         if len(ready) == len(refs):
             try:
                 results = ray.get(refs)  # the common case: one call for all
             except RayError:
-                results = None
-        else:
-            results = None
+                pass
         if results is None:
             done = set(ready)
             results = []
             for ref in refs:
                 if ref not in done:
                     results.append(None)
-                    self._last_error = f"no answer within round_timeout = {self.round_timeout} s"
+                    self.last_error = f"no answer within round_timeout = {self.round_timeout} s"
                     continue
                 try:
                     results.append(ray.get(ref))
                 except RayError as exc:  # dead, restarting, or raising worker: a missing message
                     results.append(None)
-                    self._last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                    self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
         return self._assemble(results)
 
     def _assemble(self, results: list) -> tuple[Any, dict]:
@@ -163,7 +158,7 @@ class _ServerActor:
             isinstance(r, tuple) and isinstance(r[0], np.ndarray) and r[0].ndim == 2
             and r[0].dtype == np.float64 and len(r[0]) == len(g)
             for r, g in zip(results, self.groups, strict=True)
-        ):
+        ):  # every actor answered with a plain (k, p) stack: the fast path
             return np.concatenate([r[0] for r in results]), merge_worker_info(
                 [r[1] for r in results]
             )
@@ -185,6 +180,37 @@ class _ServerActor:
                 infos.append(info)
         return messages, merge_worker_info(infos)
 
+    def compute_fn(self, config: Config) -> Callable[[np.ndarray, int], tuple[Any, dict]]:
+        """``compute(theta, t)`` for :func:`ray_robust.algorithm.run`."""
+        return lambda theta, t: self("compute", config, theta, t)
+
+    def with_clear_error(self, exc: AggregationError, round_index: int, rounds: int):
+        why = f"; last worker error: {self.last_error}" if self.last_error else ""
+        return AggregationError(
+            f"Round {round_index + 1} of {rounds}: {exc} Too few worker messages arrived "
+            f"valid{why}."
+        )
+
+
+@ray.remote
+class _ServerActor:
+    """Algorithm 2's server: θ, the worker handles, and :func:`ray_robust.algorithm.run`."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        workers: Sequence[Any],
+        groups: Sequence[Sequence[int]],
+        round_timeout: float,
+    ):
+        self.problem = problem
+        self.gather = _Gather(workers, groups, round_timeout)
+        self._events: collections.deque = collections.deque()
+        self._round_starts: list[float] = []
+
+    def ping(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def train(
         self,
         config: Config,
@@ -201,11 +227,12 @@ class _ServerActor:
         state = server.initial_state() if state is None else state
         self._events.clear()
         self._round_starts = []
-        self._last_error = ""
+        self.gather.last_error = ""
+        gather = self.gather.compute_fn(config)
 
         def compute(theta: np.ndarray, t: int):
             self._round_starts.append(time.perf_counter())
-            return self.gather("compute", config, theta, t)
+            return gather(theta, t)
 
         try:
             return run(
@@ -216,11 +243,7 @@ class _ServerActor:
                 checkpoint_every=checkpoint_every,
             )
         except AggregationError as exc:
-            why = f"; last worker error: {self._last_error}" if self._last_error else ""
-            raise AggregationError(
-                f"Round {state.round + 1} of {config.rounds}: {exc} Too few worker messages "
-                f"arrived valid{why}."
-            ) from None
+            raise self.gather.with_clear_error(exc, state.round, config.rounds) from None
 
     def poll(self) -> list[tuple[str, Any]]:
         """The events queued since the last poll, oldest first."""
@@ -322,6 +345,7 @@ class RayTrainer:
         self._data_key: tuple | None = None
         self._workers: list[Any] = []
         self._server = None
+        self.round_timeout = float(round_timeout)
         self._started_ray = _ensure_ray(address, include_dashboard)
         try:
             self.groups = _packing(actors, m)
@@ -330,11 +354,11 @@ class RayTrainer:
             self._shard_refs = [ray.put(problem.shards.subset(g)) for g in self.groups]
             self._workers = [
                 _WorkerGroup.options(
-                    num_cpus=0, scheduling_strategy="SPREAD", max_restarts=max_restarts,
+                    num_cpus=ACTOR_CPUS, scheduling_strategy="SPREAD", max_restarts=max_restarts,
                 ).remote([ref], g, {i: payload[i] for i in g if i in payload})
                 for ref, g in zip(self._shard_refs, self.groups, strict=True)
             ]
-            self._server = _ServerActor.options(num_cpus=0, max_concurrency=2).remote(
+            self._server = _ServerActor.options(num_cpus=ACTOR_CPUS, max_concurrency=2).remote(
                 ray.put(problem), self._workers, self.groups, float(round_timeout)
             )
             refs = [w.ping.remote() for w in self._workers] + [self._server.ping.remote()]
@@ -430,6 +454,17 @@ class RayTrainer:
                 f"The Ray engine's server actor died during the run ({exc}); make a new "
                 f"RayTrainer."
             ) from None
+
+    def compute_fn(self, config: Config) -> Callable[[np.ndarray, int], tuple[Any, dict]]:
+        """``compute(theta, t)`` that gathers from the worker actors in *this* process.
+
+        For callers that run :func:`ray_robust.algorithm.run` themselves (e.g. a Tune trial,
+        which must report from its own process); the server actor is then not used.
+        """
+        if self._server is None:
+            raise RuntimeError("This RayTrainer is closed; make a new one.")
+        self._check(config)
+        return _Gather(self._workers, self.groups, self.round_timeout).compute_fn(config)
 
     def round_seconds(self) -> np.ndarray:
         """Wall time of each round of the last run, measured in the server actor."""
