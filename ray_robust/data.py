@@ -427,6 +427,7 @@ def make_synthetic(
     task: str = "logistic",
     n_classes: int = 3,
     noise: float = 0.1,
+    margin: float = 0.0,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A seeded synthetic task ``(X (n, d), y (n,))`` with x ~ N(0, I_d):
@@ -436,7 +437,9 @@ def make_synthetic(
     - ``'softmax'``: y = argmax_k (W*x)_k + noise·Gumbel, K = ``n_classes``.
     - ``'regression'``: y = xᵀw* + noise·N(0, 1).
     - ``'circles'``: y = 1 when x₁² + x₂² > 2 ln 2 (the median radius of a 2-D Gaussian), a
-      nonconvex boundary no linear model can fit; ``noise``: the fraction of flipped labels.
+      nonconvex boundary no linear model can fit; ``noise``: the fraction of flipped labels;
+      ``margin``: no sample lies within this distance of the circle (they are redrawn), so
+      a classifier robust to shifts smaller than the margin exists.
     """
     n = check_int(n, "n", "make_synthetic", low=1)
     d = check_int(d, "d", "make_synthetic", low=1)
@@ -448,6 +451,16 @@ def make_synthetic(
         if d < 2:
             raise ValueError(f"The 'd' parameter of make_synthetic must be >= 2 for 'circles'. "
                              f"Got {d} instead.")
+        margin = check_real(margin, "margin", "make_synthetic", low=0)
+        r0 = np.sqrt(2 * np.log(2))
+        for _ in range(1000):  # redraw the samples inside the band |r − r0| < margin
+            band = np.abs(np.hypot(X[:, 0], X[:, 1]) - r0) < margin
+            if not band.any():
+                break
+            X[band] = rng.standard_normal((int(band.sum()), d))
+        else:
+            raise ValueError(f"The 'margin' parameter of make_synthetic is too large: "
+                             f"{margin!r}. Use a margin below 1.")
         y = (X[:, 0] ** 2 + X[:, 1] ** 2 > 2 * np.log(2)).astype(np.float64)
         flip = rng.random(n) < min(noise, 1.0)
         return X, np.where(flip, 1.0 - y, y)
