@@ -51,7 +51,8 @@ TRIAL_KEYS: dict[str, str] = {
     "eval_shift_eps": "list of shift budgets ε (in the trial's shift_norm) evaluated at every "
                       "report as 'error@eps=<ε>': one training run serves a whole ε axis",
     "engine": "'local' (in-process, default) or 'ray' (Ray actors inside the trial)",
-    "actors": "Ray engine inside a trial: number of worker actors (default 1)",
+    "actors": "engine 'ray' inside a trial: worker actors to start, an int or 'per-worker' "
+              "(default 1); the trial reserves one CPU bundle per actor",
 }
 STUDY_KEYS = ("name", "description", "param_space", "metric", "mode", "quick", "plot")
 PLOT_KEYS = ("x", "y", "hue", "kind", "col", "row", "reduce", "xlabel", "ylabel", "title",
@@ -276,6 +277,7 @@ def split_trial_config(values: Mapping[str, Any]) -> tuple[Config, dict[str, Any
                          f"Got {engine!r} instead.")
     opts.setdefault("actors", 1)
     cfg = Config.from_dict(values)
+    trial_actors(opts, cfg.n_workers)
     if report_every % cfg.eval_every:
         raise ValueError(f"The 'report_every' parameter ({report_every}) must be a multiple of "
                          f"eval_every ({cfg.eval_every}).")
@@ -312,19 +314,42 @@ def trial_metrics(server: Server, state: RunState, row: dict, opts: dict,
     return out
 
 
+def trial_actors(opts: Mapping[str, Any], n_workers: int) -> int:
+    """How many worker actors a trial with ``engine: ray`` starts (``actors``: an int,
+    'per-worker' = m, or 'auto' = 1 inside a trial)."""
+    actors = opts.get("actors", 1)
+    if actors == "per-worker":
+        return n_workers
+    if actors == "auto":
+        return 1
+    if isinstance(actors, bool) or not isinstance(actors, int) or actors < 1:
+        raise ValueError(f"The 'actors' parameter of the study must be an int >= 1, "
+                         f"'per-worker' or 'auto'. Got {actors!r} instead.")
+    return min(actors, n_workers)
+
+
+def trial_bundles(values: Mapping[str, Any]) -> list[dict[str, float]]:
+    """The placement-group bundles a trial reserves: one CPU for the trial itself, and with
+    ``engine: ray`` one bundle per worker actor it starts (each the actor's CPU request, or 1
+    CPU when the engine's actors request none: the reservation keeps Tune from running other
+    trials on the CPUs the actors use; too few bundles for CPU-requesting actors = a hang)."""
+    cfg, opts = split_trial_config(values)
+    bundles = [{"CPU": 1.0}]
+    if opts["engine"] == "ray":
+        from .engines import ray_engine
+
+        per_actor = float(getattr(ray_engine, "ACTOR_CPUS", 1)) or 1.0
+        bundles += [{"CPU": per_actor}] * trial_actors(opts, cfg.n_workers)
+    return bundles
+
+
 def trial_resources(values: Mapping[str, Any]):
-    """The resources a trial reserves: 1 CPU, or with ``engine: ray`` a placement group of
-    one bundle for the trial plus one per actor it starts (too few bundles = a silent hang)."""
+    """:func:`trial_bundles` as Tune's ``PlacementGroupFactory`` (for ``tune.with_resources``)."""
     from ray import tune
 
-    _, opts = split_trial_config(values)
-    if opts["engine"] == "local":
-        return tune.PlacementGroupFactory([{"CPU": 1}])
-    from .engines import ray_engine
-
-    per_actor = getattr(ray_engine, "ACTOR_CPUS", 1)
-    return tune.PlacementGroupFactory(
-        [{"CPU": 1}] + [{"CPU": per_actor}] * int(opts["actors"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tune.PlacementGroupFactory(trial_bundles(values))
 
 
 CHECKPOINT_FILE = "run_state.json"
@@ -371,7 +396,8 @@ def trainable(config: dict[str, Any]) -> None:
 def _run_ray(server: Server, state: RunState, opts: dict, report: Callable) -> None:
     from .engines.ray_engine import RayTrainer
 
-    trainer = RayTrainer(server.problem, actors=int(opts["actors"]))
+    trainer = RayTrainer(server.problem,
+                         actors=trial_actors(opts, server.config.n_workers))
     try:
         compute = trainer.compute_fn(server.config)
         run(server, compute, state=state, progress=report, progress_every=opts["report_every"])
@@ -531,6 +557,7 @@ def run_study_full(
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     n_trials = len(study.trial_configs())
+    _check_fits(study, exp)
     shape = " × ".join(f"{a} {len(_axis_values(study.param_space[a]))}" for a in study.axes)
     say(f"study {study.experiment_name}: {n_trials} trials ({shape})"
         f"{', resuming' if resume else ''} -> {exp}")
@@ -551,7 +578,7 @@ def run_study_full(
                 name=study.experiment_name, storage_path=str(storage_path), verbose=verbose,
                 callbacks=[_trial_log_class()(n_trials, say, study.axes)] if log and verbose == 0
                 else None,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),
         )
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -565,6 +592,20 @@ def run_study_full(
             "tables (see the trial logs under the experiment folder).")
     return finish_study(study, results, exp, num_errors=grid.num_errors, seconds=seconds,
                         log=say)
+
+
+def _check_fits(study: Study, exp: Path) -> None:
+    """A trial that needs more CPUs than the cluster has would wait forever: fail now."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        need = max(sum(b["CPU"] for b in trial_bundles(v)) for v in study.trial_configs())
+    if need > cpus:
+        raise ValueError(
+            f"Study {study.name}: a trial reserves {need:g} CPUs (1 + one per Ray-engine actor) "
+            f"but the cluster has {cpus:g}; lower 'actors' or use a bigger cluster.")
 
 
 def _trial_log_class():
