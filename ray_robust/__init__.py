@@ -21,6 +21,7 @@ __all__ = [
     "GuaranteeWarning",
     "History",
     "Problem",
+    "RayTrainer",
     "Shards",
     "load_problem",
     "load_spambase",
@@ -33,3 +34,13 @@ __all__ = [
     "train",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``RayTrainer`` is imported lazily: ``import ray`` costs ~1 s and the local engine needs
+    none of it."""
+    if name == "RayTrainer":
+        from .engines.ray_engine import RayTrainer
+
+        return RayTrainer
+    raise AttributeError(f"module 'ray_robust' has no attribute {name!r}")
