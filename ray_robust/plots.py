@@ -53,18 +53,17 @@ def _order(values: pd.Series) -> list:
 
 def draw_study(study, summary: pd.DataFrame, path: str | Path) -> Path:
     """Draw ``summary`` (from :func:`ray_robust.studies.aggregate`) as ``study.plot`` says."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure (no pyplot): drawing a study never switches the caller's backend, so a
+    # notebook's inline plots keep working after run_study().
+    from matplotlib.figure import Figure
 
     spec = dict(study.plot) or {"x": study.axes[0] if study.axes else "seed"}
     x, hue = spec["x"], spec.get("hue")
     rows_key, cols_key = spec.get("row"), spec.get("col")
     row_vals = _order(summary[rows_key]) if rows_key else [None]
     col_vals = _order(summary[cols_key]) if cols_key else [None]
-    fig, axes = plt.subplots(len(row_vals), len(col_vals), squeeze=False, sharey=True,
-                             figsize=(5.2 * len(col_vals), 3.8 * len(row_vals)))
+    fig = Figure(figsize=(5.2 * len(col_vals), 3.8 * len(row_vals)))
+    axes = fig.subplots(len(row_vals), len(col_vals), squeeze=False, sharey=True)
     ylabel = spec.get("ylabel") or PRETTY.get(summary["y"].iloc[0], summary["y"].iloc[0])
     for i, rv in enumerate(row_vals):
         for j, cv in enumerate(col_vals):
@@ -97,7 +96,6 @@ def draw_study(study, summary: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
