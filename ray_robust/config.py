@@ -156,7 +156,10 @@ class Config:
         check_int(self.eval_every, "eval_every", owner, low=1)
         check_real(self.init_scale, "init_scale", owner, low=0)
         if self.attack_scale is not None:
-            check_real(self.attack_scale, "attack_scale", owner)
+            if self.attack in ("nan", "inf", "crash", "label_flip"):  # a probability / fraction
+                check_real(self.attack_scale, "attack_scale", owner, low=0, high=1)
+            else:
+                check_real(self.attack_scale, "attack_scale", owner)
         if self.eta_z is not None:
             check_real(self.eta_z, "eta_z", owner, low=0, low_open=True)
         if self.aggregator == "nbs" and n_to_screen(self.beta, m) >= m:
@@ -171,6 +174,12 @@ class Config:
         self._warn_outside_guarantee()
 
     def _warn_outside_guarantee(self) -> None:
+        if self.f is not None and self.aggregator in PRECONDITIONS and self.f < self.n_byzantine:
+            warnings.warn(
+                f"f = {self.f} < αm = {self.n_byzantine}: {self.aggregator} is told to tolerate "
+                "fewer faults than there are byzantine workers.",
+                GuaranteeWarning, stacklevel=3,
+            )
         a, b = self.n_byzantine / self.n_workers, self.n_screened / self.n_workers
         if self.aggregator == "nbs" and self.n_byzantine > 0:
             if self.n_screened < self.n_byzantine:

@@ -389,3 +389,39 @@ def test_all_rules_listed_with_their_fields():
     for fn, fields in AGGREGATORS.values():
         assert callable(fn) and set(fields) <= set(Config.field_names())
     assert sorted(STATEFUL) == ["centered_clipping"]
+
+
+# ---- the comparison study --------------------------------------------------------------------
+
+
+def test_comparison_study_quick_mode_draws_heatmaps(data_dir, tmp_path):
+    """tune_configs/aggregators_vs_attacks.yaml in quick mode, run in-process (the Tune path of
+    the same file runs in tests/test_studies.py), then the heatmaps and NBS's standing."""
+    from pathlib import Path
+
+    from ray_robust.comparison import draw_heatmaps, main, nbs_standing, panels
+    from ray_robust.studies import aggregate, load_study, run_grid_local, tidy
+
+    path = Path(__file__).resolve().parents[1] / "tune_configs" / "aggregators_vs_attacks.yaml"
+    full = load_study(path)
+    assert {a for a in full.param_space["aggregator"]["grid_search"]} == set(AGGREGATORS)
+    from ray_robust.core.attacks import ATTACKS
+
+    assert set(full.param_space["attack"]["grid_search"]) == {"none", *ATTACKS}
+    study = load_study(path, quick=True)
+    summary = aggregate(tidy(run_grid_local(study), study), study)
+    assert len(summary) == 4 * 2  # 2 aggregators × 2 attacks × 1 wrm × 2 shift budgets
+    tabs = panels(summary)
+    assert set(tabs) == {(True, 0.0), (True, 0.3)}
+    assert tabs[(True, 0.3)].shape == (2, 2)
+    # the shift never helps: shifted error ≥ clean error cell by cell
+    assert (tabs[(True, 0.3)].to_numpy() >= tabs[(True, 0.0)].to_numpy()).all()
+    standing = nbs_standing(summary)
+    assert set(standing["aggregator"]) == {"nbs", "krum"}
+    png = draw_heatmaps(summary, tmp_path / "heat.png")
+    assert png.stat().st_size > 5000
+    csv = tmp_path / "aggregators_vs_attacks_summary.csv"
+    summary.to_csv(csv, index=False)
+    assert main([str(csv)]) == 0
+    assert (tmp_path / "aggregators_vs_attacks_heatmap.png").is_file()
+    assert (tmp_path / "aggregators_vs_attacks_standing.csv").is_file()
