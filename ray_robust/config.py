@@ -38,7 +38,8 @@ class Config:
     """
 
     aggregator: str = "nbs"
-    """server rule: 'mean' (ERM, DRO) or 'nbs' (NBS, Algorithm 2)"""
+    """server rule: 'mean' (ERM, DRO), 'nbs' (NBS, Algorithm 2), or 'median', 'trimmed_mean',
+    'krum', 'multi_krum', 'geometric_median', 'centered_clipping', 'bulyan'"""
     wrm: bool = True
     """honest workers perturb their samples by WRM before the gradient (DRO, Algorithm 2)"""
     n_workers: int = 20
@@ -48,9 +49,12 @@ class Config:
     beta: float = 0.15
     """β, the NBS screening fraction: NBS drops round(βm) inputs (ties round up)"""
     attack: str = "none"
-    """what byzantine workers send: 'none' (honest messages) or an attack's name"""
+    """what byzantine workers send: 'none' (honest messages) or an attack ('aggressive',
+    'intelligent', 'counterexample', 'alie', 'ipm', 'sign_flip', 'gaussian', 'mimic', 'nan',
+    'inf', 'crash', 'label_flip')"""
     attack_scale: float | None = None
-    """attack intensity; None = the attack's default (aggressive 10, intelligent 0.8, ...)"""
+    """attack intensity; None = the attack's default (aggressive 10, intelligent 0.8, ALIE the
+    paper's z, IPM ε = 0.1, ...; for nan/inf/crash a probability, label_flip a fraction)"""
     lam: float = 3.0
     """λ, the WRM penalty on ‖z − x‖²"""
     eta_z: float | None = 0.05

@@ -82,10 +82,12 @@ def verdict(config: Config) -> Verdict:
         return Verdict(True, 0.0, b, 0.0,
                        "no byzantine workers: C_α = 0, the byzantine term of Lemma 2 vanishes")
     if config.aggregator != "nbs":
+        why = ("plain averaging has no byzantine robustness: one worker can move G anywhere"
+               if config.aggregator == "mean" else
+               "Theorems 1–3 are proved for NBS; this rule's own guarantee is in its reference")
         return Verdict(False, a, b, None,
                        f"outside the guarantee: {config.n_byzantine} byzantine worker(s) and "
-                       f"aggregator '{config.aggregator}' (plain averaging has no byzantine "
-                       "robustness: one worker can move G anywhere); use aggregator='nbs'")
+                       f"aggregator '{config.aggregator}' ({why}); use aggregator='nbs'")
     ca = c_alpha(a, b)
     if b < a:
         return Verdict(False, a, b, ca,
