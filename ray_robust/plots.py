@@ -45,6 +45,9 @@ def _num(v: Any) -> float | None:
 
 def _order(values: pd.Series) -> list:
     uniq = list(dict.fromkeys(values.tolist()))
+    if values.name == "algorithm":  # the paper's order: ERM, NBS, DRO, Alg. 2
+        rank = {a: i for i, a in enumerate(ALGORITHM_LABELS)}
+        return sorted(uniq, key=lambda a: rank.get(a, len(rank)))
     try:
         return sorted(uniq)
     except TypeError:
@@ -90,8 +93,8 @@ def draw_study(study, summary: pd.DataFrame, path: str | Path) -> Path:
         axes[0][-1].legend(handles, labels, fontsize=8, title=None, loc="best")
     n_seeds = int(summary["n_seeds"].max()) if len(summary) else 0
     title = spec.get("title") or study.name
-    fig.suptitle(f"{title}  (mean ± sd over {n_seeds} seed{'s' if n_seeds != 1 else ''})",
-                 fontsize=11)
+    fig.suptitle(f"{title}\n(mean ± sd over {n_seeds} seed{'s' if n_seeds != 1 else ''})",
+                 fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,14 +125,18 @@ def _draw_panel(ax, part: pd.DataFrame, spec: dict, x: str, hue: str | None) -> 
             if reduce and label is not None:
                 label += f" (worse of {PRETTY.get(reduce['over'], reduce['over'])})"
             line = ax.plot(xs, mean, marker="o", ms=4, label=label)[0]
-            ax.fill_between(xs, mean - sd.to_numpy(), mean + sd.to_numpy(), alpha=0.2,
+            ax.fill_between(xs, mean - sd.to_numpy(), mean + sd.to_numpy(), alpha=0.12,
                             color=line.get_color(), lw=0)
         if spec.get("logx"):
             ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
     for v in spec.get("vlines") or ():
         pos, text = (v["x"], v.get("label")) if isinstance(v, Mapping) else (v, None)
+        pad = 0.04 * (hi - lo)
+        ax.set_xlim(min(lo, float(pos) - pad), max(hi, float(pos) + pad))
         ax.axvline(float(pos), color="grey", ls="--", lw=1)
         if text:
-            ax.annotate(str(text), (float(pos), 1), xycoords=("data", "axes fraction"),
-                        xytext=(3, -12), textcoords="offset points", fontsize=8, color="grey")
+            ax.annotate(str(text), (float(pos), 0.5), xycoords=("data", "axes fraction"),
+                        xytext=(-3, 0), textcoords="offset points", fontsize=8, color="grey",
+                        rotation=90, ha="right", va="center")
     ax.grid(alpha=0.3)

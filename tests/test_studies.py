@@ -1,0 +1,298 @@
+"""Ray Tune studies (issue 4): study files, the resumable trainable, `ray-robust tune`, trends.
+
+The Tune tests use the real Tune through the shared ``ray_session``; the trend tests run the
+studies' own grids on the in-process engine (same numbers as a trial; no Tune overhead).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from ray_robust import Config, load_problem, train
+from ray_robust.algorithm import Server, honest_gradients
+from ray_robust.cli import main
+from ray_robust.core.aggregators import n_to_screen, nbs
+from ray_robust.core.attacks import counterexample
+from ray_robust.studies import (
+    aggregate,
+    load_study,
+    run_grid_local,
+    run_study_full,
+    split_trial_config,
+    tidy,
+    trial_bundles,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = sorted((ROOT / "tune_configs").glob("*.yaml"))
+
+
+def _write(tmp_path: Path, study: dict, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def _theta_of(trial_dir: Path) -> np.ndarray:
+    """θ in a trial's newest checkpoint."""
+    ckpt = sorted(trial_dir.glob("checkpoint_*"))[-1]
+    return np.asarray(json.loads((ckpt / "run_state.json").read_text())["theta"])
+
+
+def _reference_theta(values: dict) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg, _ = split_trial_config(values)
+        return train(cfg).theta
+
+
+# ---- study files ----------------------------------------------------------------------------
+def test_there_are_the_papers_studies():
+    names = {p.stem for p in STUDIES}
+    assert {"table1", "fig1_shift", "fig2_byzantine", "fig3_lambda", "fig4_tz", "breakpoint",
+            "grid_example"} <= names
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_study_file_is_valid_full_and_quick(path):
+    full, quick = load_study(path), load_study(path, quick=True)
+    assert "seed" in full.axes, "seeds must be a grid axis"
+    assert full.plot.get("x"), "every study says what to plot"
+    assert len(quick.trial_configs()) <= 4
+    assert all(c["rounds"] <= 20 for c in quick.trial_configs())
+    assert len(full.trial_configs()) > len(quick.trial_configs())
+
+
+GOOD = {"param_space": {"algorithm": "alg2", "seed": {"grid_search": [0, 1]}, "rounds": 5,
+                        "report_every": 5},
+        "plot": {"x": "seed"}}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"param_space": {"lamda": {"grid_search": [1, 2]}}}, "unknown grid axis 'lamda'"),
+        ({"param_space": {"lamda": 3}}, "unknown parameter 'lamda'"),
+        ({"colour": "red"}, r"unknown key\(s\) \['colour'\]"),
+        ({"param_space": {"beta": {"grid_search": []}}}, "'beta' must be a non-empty list"),
+        ({"param_space": {"beta": {"grid_search": [0.1, 1.5]}}}, r"grid point \{.*'beta': 1.5"),
+        ({"param_space": {"lam": {"grid_search": [1.0, 3.0]}}}, r"\['lam'\] is not shown"),
+        ({"metric": "accuracy"}, "'metric' must be one of"),
+        ({"mode": "lowest"}, "'mode' must be 'min' or 'max'"),
+        ({"plot": {"x": "lam"}}, "plot 'x' = 'lam' is not a parameter"),
+        ({"quick": {"rounds": 3}}, r"unknown key\(s\) \['rounds'\] in 'quick'"),
+        ({"param_space": {"report_every": 3, "eval_every": 2}}, "multiple of eval_every"),
+    ],
+)
+def test_bad_study_is_one_clear_value_error(tmp_path, change, message):
+    study = json.loads(json.dumps(GOOD))
+    for key, value in change.items():
+        if key == "param_space":
+            study["param_space"].update(value)
+        else:
+            study[key] = value
+    with pytest.raises(ValueError, match=message):
+        load_study(_write(tmp_path, study))
+
+
+def test_malformed_yaml_is_a_value_error(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("param_space: {seed: [0, 1\n")
+    with pytest.raises(ValueError, match="is not valid YAML"):
+        load_study(path)
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ValueError, match="must be a YAML mapping"):
+        load_study(path)
+
+
+def test_cli_reports_bad_study_in_one_line(tmp_path, capsys):
+    path = _write(tmp_path, {**GOOD, "param_space": {"lamda": {"grid_search": [1]}}})
+    assert main(["tune", str(path), "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown grid axis 'lamda'" in err[0]
+
+
+def test_trial_keys_resolve_to_config():
+    cfg, opts = split_trial_config({"environment": "E2", "algorithm": "dro", "alpha": 0.3,
+                                    "beta_offset": 0.05, "report_every": 20})
+    assert (cfg.attack, cfg.shift_norm, cfg.shift_eps) == ("aggressive", "l2", 0.3)
+    assert cfg.alpha == 0.3 and cfg.beta == pytest.approx(0.35)  # explicit alpha wins
+    assert (cfg.aggregator, cfg.wrm, cfg.eval_every) == ("mean", True, 20)
+    assert opts["engine"] == "local"
+    assert trial_bundles({"seed": 0}) == [{"CPU": 1.0}]
+    assert trial_bundles({"seed": 0, "engine": "ray", "actors": 2}) == [{"CPU": 1.0}] * 3
+    assert len(trial_bundles({"seed": 0, "engine": "ray", "actors": "per-worker"})) == 21
+
+
+# ---- Tune end to end ------------------------------------------------------------------------
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_every_study_runs_quick_with_tune(ray_session, tmp_path, path, capsys):
+    assert main(["tune", str(path), "--quick", "--storage", str(tmp_path)]) == 0
+    study = load_study(path, quick=True)
+    exp = tmp_path / study.experiment_name
+    trials = pd.read_csv(exp / f"{study.name}_trials.csv")
+    assert len(trials) == len(study.trial_configs())
+    assert (trials["round"] == trials["config/rounds"]).all()
+    assert trials["error"].between(0, 1).all()
+    summary = pd.read_csv(exp / f"{study.name}_summary.csv")
+    assert {"mean", "sd", "n_seeds"} <= set(summary.columns) and len(summary) > 0
+    png = exp / f"{study.name}.png"
+    assert png.stat().st_size > 10_000
+    out = capsys.readouterr().out
+    assert str(png) in out and "0 errors" in out
+
+
+def test_run_study_api_returns_the_results(ray_session, tmp_path):
+    study = {**GOOD, "name": "api"}
+    df = run_study_full(study, storage=tmp_path, log=None).results
+    assert sorted(df["config/seed"]) == [0, 1]
+    # the reported θ is the in-process engine's θ: one Server, one numerical core
+    for trial_dir in (tmp_path / "api").glob("trainable_*"):
+        values = json.loads((trial_dir / "params.json").read_text())
+        np.testing.assert_array_equal(_theta_of(trial_dir), _reference_theta(values))
+    with pytest.raises(ValueError, match="already holds an experiment"):
+        run_study_full(study, storage=tmp_path, log=None)
+
+
+def test_trial_with_ray_engine_completes_on_two_cores(ray_session, tmp_path):
+    """engine: ray inside a trial: a placement group of 1 + 1 bundles, nested worker actors."""
+    values = {"environment": "E1", "algorithm": "alg2", "seed": 0, "rounds": 20,
+              "report_every": 10, "engine": "ray", "actors": 1}
+    study = {"name": "nested", "param_space": {**values, "actors": {"grid_search": [1]}},
+             "plot": {"x": "actors"}}
+    res = run_study_full(study, storage=tmp_path, log=None)
+    assert res.num_errors == 0 and int(res.results["round"].iloc[0]) == 20
+    (trial_dir,) = (tmp_path / "nested").glob("trainable_*")
+    np.testing.assert_array_equal(_theta_of(trial_dir), _reference_theta(values))
+    too_big = {**study, "name": "too_big",
+               "param_space": {**study["param_space"], "actors": {"grid_search": [20]}}}
+    with pytest.raises(ValueError, match="reserves 21 CPUs"):
+        run_study_full(too_big, storage=tmp_path, log=None)
+
+
+def test_sweep_killed_mid_run_then_resumed_finishes_every_trial_once(ray_session, tmp_path):
+    rounds, every = 1200, 100
+    study = {"name": "killed", "param_space": {
+        "environment": "E1", "algorithm": "alg2", "seed": {"grid_search": [0, 1, 2, 3]},
+        "rounds": rounds, "report_every": every}, "plot": {"x": "seed"}}
+    path = _write(tmp_path, study)
+    address = ray_session.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "ray_robust.cli", "tune", str(path), "--storage",
+           str(tmp_path), "--address", address]
+    exp = tmp_path / "killed"
+
+    def progress() -> dict[str, int]:
+        out = {}
+        for f in exp.glob("*/result.json"):
+            lines = f.read_text().splitlines()
+            out[f.parent.name] = json.loads(lines[-1])["round"] if lines else 0
+        return out
+
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 150
+    while True:  # kill once a trial has finished and another is past a few checkpoints
+        done = progress()
+        if (any(r == rounds for r in done.values())
+                and any(5 * every <= r < rounds for r in done.values())):
+            break
+        assert driver.poll() is None, f"the sweep ended before it could be killed: {done}"
+        assert time.monotonic() < deadline, f"no progress to interrupt: {done}"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert min(done.values(), default=0) < rounds  # something was really left unfinished
+
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    trial_dirs = sorted(exp.glob("trainable_*"))
+    assert len(trial_dirs) == 4
+    resumed_from = []
+    for trial_dir in trial_dirs:
+        history = [json.loads(line) for line in
+                   (trial_dir / "result.json").read_text().splitlines()]
+        fresh_starts = [h for h in history if h["round"] == every and h["resumed_from"] == 0]
+        assert len(fresh_starts) == 1, f"{trial_dir.name} started from scratch twice"
+        assert history[-1]["round"] == rounds
+        resumed_from.append(history[-1]["resumed_from"])
+        values = json.loads((trial_dir / "params.json").read_text())
+        np.testing.assert_array_equal(_theta_of(trial_dir), _reference_theta(values))
+    # the interrupted trial continued from a checkpoint, not from round 0
+    assert any(0 < r < rounds for r in resumed_from), resumed_from
+    trials = pd.read_csv(exp / "killed_trials.csv")
+    assert sorted(trials["config/seed"]) == [0, 1, 2, 3]
+    assert (trials["round"] == rounds).all()
+
+
+# ---- the paper's trends (in-process engine, the studies' own grids and all their seeds) -----
+def _summary(name: str, **space) -> pd.DataFrame:
+    """The study's summary on a sub-grid (``space``); its own seeds unless ``seed`` is given."""
+    raw = yaml.safe_load((ROOT / "tune_configs" / f"{name}.yaml").read_text())
+    raw["param_space"].update({k: {"grid_search": v} for k, v in space.items()})
+    study = load_study(raw)
+    assert len(study.param_space["seed"]["grid_search"]) >= 3
+    return aggregate(tidy(run_grid_local(study), study), study)
+
+
+def test_fig1_alg2_error_grows_more_slowly_with_shift_than_nbs(data_dir):
+    s = _summary("fig1_shift").set_index(["algorithm", "shift_eps"])["mean"]
+    growth = {a: s[a, 1.0] - s[a, 0.0] for a in ("alg2", "nbs")}
+    assert growth["alg2"] < growth["nbs"], growth
+    assert s["alg2", 1.0] < s["nbs", 1.0]
+
+
+def test_fig2_alg2_holds_while_screened_and_collapses_past_it(data_dir):
+    # βm = 3, the −10·g attack: the unscreened mean flips once 11(αm − βm) > m − βm, αm ≥ 5
+    s = _summary("fig2_byzantine", algorithm=["alg2"], alpha=[0.2, 0.25], seed=[0, 1, 2])
+    s = s.set_index("alpha_m")["mean"]
+    assert s[4] < 0.2 and s[5] > 0.5, s
+
+
+def test_breakpoint_nbs_converges_below_one_third_and_fails_above(data_dir):
+    s = _summary("breakpoint", alpha=[0.25, 0.4], beta_offset=[0.0])
+    s = s.set_index("alpha")["mean"]
+    assert s[0.4] > s[0.25] + 0.3, s
+    assert s[0.25] < 0.15
+
+
+def test_nbs_output_is_about_one_minus_three_alpha_over_one_minus_alpha_of_the_gradient(
+        data_dir):
+    """With honest gradients ≈ ∇F (at θ₀ here) NBS under the counterexample attack outputs
+    ≈ (1 − 3α)/(1 − α)·∇F: it points uphill once α > 1/3."""
+    cfg = Config(aggregator="nbs", wrm=False, seed=0)
+    problem = load_problem(cfg)
+    server = Server(cfg, problem)
+    g, _ = honest_gradients(cfg, server.model, server.initial_state().theta, problem.shards, 0)
+    coef = {}
+    for alpha in (0.1, 0.2, 0.25, 0.3, 0.35, 0.4):
+        k = n_to_screen(alpha, 20)
+        msgs = g.copy()
+        msgs[:k] = counterexample(g[k:], k, np.random.default_rng(0), 1.0)
+        out = nbs(msgs, alpha).vector
+        gbar = g[k:].mean(axis=0)
+        coef[alpha] = out @ gbar / (gbar @ gbar)
+        assert coef[alpha] == pytest.approx((1 - 3 * alpha) / (1 - alpha), abs=0.1), coef
+    assert coef[0.3] > 0 > coef[0.35]
+
+
+@pytest.mark.slow
+def test_fig3_error_flat_in_lambda_except_small_lambda(data_dir):
+    s = _summary("fig3_lambda", lam=[0.05, 1.0, 3.0, 10.0, 50.0]).set_index("lam")["mean"]
+    assert s[[1.0, 3.0, 10.0, 50.0]].max() - s[[1.0, 3.0, 10.0, 50.0]].min() < 0.015, s
+    assert s[0.05] > s[3.0] + 0.03, s
+
+
+@pytest.mark.slow
+def test_fig4_ten_wrm_steps_are_already_close_to_a_hundred(data_dir):
+    s = _summary("fig4_tz", t_z=[10, 100]).set_index("t_z")["mean"]
+    assert abs(s[10] - s[100]) < 0.01, s
