@@ -209,7 +209,11 @@ def _rank(scores: np.ndarray, X: np.ndarray) -> np.ndarray:
     """Indices by increasing score, ties broken by the rows' values (lexicographically), not
     by position: the selection is permutation invariant. Ties are common: with one neighbour
     (n − f − 2 = 1) the two points of a mutual-nearest pair have the same score."""
-    return np.lexsort((*X.T[::-1], scores))
+    order = np.argsort(scores, kind="stable")
+    ranked = scores[order]
+    if not np.any(ranked[1:] == ranked[:-1]):
+        return order
+    return np.lexsort((*X.T[::-1], scores))  # only on exact ties: p sort keys are costly
 
 
 def krum_scores(D: np.ndarray, f: int) -> np.ndarray:
