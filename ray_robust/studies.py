@@ -586,8 +586,11 @@ def run_study_full(
     seconds = time.perf_counter() - t0
     results = grid.get_dataframe()
     if grid.num_errors:
-        for r in grid.errors:
-            say(f"  trial error: {str(r).splitlines()[0] if str(r) else type(r).__name__}")
+        for r in grid:
+            if r.error is not None:
+                lines = [ln for ln in str(r.error).splitlines() if ln.strip()]
+                point = {a: (r.config or {}).get(a) for a in study.axes}
+                say(f"  trial {point} failed: {lines[-1] if lines else type(r.error).__name__}")
         say(f"{grid.num_errors} of {len(grid)} trials failed; their rows are missing from the "
             "tables (see the trial logs under the experiment folder).")
     return finish_study(study, results, exp, num_errors=grid.num_errors, seconds=seconds,

@@ -165,6 +165,15 @@ def test_run_study_api_returns_the_results(ray_session, tmp_path):
         run_study_full(study, storage=tmp_path, log=None)
 
 
+def test_failed_trials_are_reported_and_exit_nonzero(ray_session, tmp_path, capsys):
+    study = {**GOOD, "param_space": {**GOOD["param_space"],
+                                     "data_path": str(tmp_path / "missing.data")}}
+    assert main(["tune", str(_write(tmp_path, study)), "--storage", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "2 of 2 trials failed" in out
+    assert "failed: FileNotFoundError: No Spambase file" in out
+
+
 def test_trial_with_ray_engine_completes_on_two_cores(ray_session, tmp_path):
     """engine: ray inside a trial: a placement group of 1 + 1 bundles, nested worker actors."""
     values = {"environment": "E1", "algorithm": "alg2", "seed": 0, "rounds": 20,
