@@ -130,15 +130,13 @@ class _Gather:
         self.last_error = ""
 
     def __call__(self, method: str, config: Config, theta: np.ndarray, t: int):
+        t0 = time.perf_counter()
         refs = [getattr(w, method).remote(config, theta, t) for w in self.workers]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.round_timeout)
-        results = None
-        if len(ready) == len(refs):
-            try:
-                results = ray.get(refs)  # the common case: one call for all
-            except RayError:
-                pass
-        if results is None:
+        try:
+            results = ray.get(refs, timeout=self.round_timeout)  # the common case: one call
+        except RayError:  # a failed worker, or GetTimeoutError: sort the futures one by one
+            left = max(0.0, self.round_timeout - (time.perf_counter() - t0))
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=left)
             done = set(ready)
             results = []
             for ref in refs:
