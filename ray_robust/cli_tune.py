@@ -34,6 +34,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     res = run_study_full(args.config, quick=args.quick, storage=args.storage,
                          resume=args.resume, overwrite=args.overwrite, address=args.address,
                          verbose=args.verbose, log=lambda s: print(s, flush=True))
+    if res.num_unfinished:
+        return 130
     if res.num_errors:
         print(f"ray-robust: error: {res.num_errors} trial(s) failed; see "
               f"{res.experiment_path}", flush=True)

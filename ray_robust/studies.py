@@ -508,6 +508,7 @@ class StudyResult:
     png: Path | None
     num_errors: int
     seconds: float
+    num_unfinished: int = 0
 
 
 def _default_storage() -> Path:
@@ -554,8 +555,9 @@ def run_study_full(
                                  "it, --overwrite to start again, or another --storage.")
             shutil.rmtree(exp)
     if not ray.is_initialized():
+        env = {k: os.environ[k] for k in ("RAY_ROBUST_DATA_DIR",) if k in os.environ}
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+                 configure_logging=False, runtime_env={"env_vars": env} if env else None)
     n_trials = len(study.trial_configs())
     _check_fits(study, exp)
     shape = " × ".join(f"{a} {len(_axis_values(study.param_space[a]))}" for a in study.axes)
@@ -593,8 +595,32 @@ def run_study_full(
                 say(f"  trial {point} failed: {lines[-1] if lines else type(r.error).__name__}")
         say(f"{grid.num_errors} of {len(grid)} trials failed; their rows are missing from the "
             "tables (see the trial logs under the experiment folder).")
-    return finish_study(study, results, exp, num_errors=grid.num_errors, seconds=seconds,
-                        log=say)
+    unfinished = sum(1 for r in grid if r.error is None and _unfinished(r))
+    if unfinished:
+        say(f"{unfinished} of {len(grid)} trials did not finish (interrupted): continue with "
+            f"--resume (Python: resume=True) and the same storage.")
+    res = finish_study(study, results, exp, num_errors=grid.num_errors, seconds=seconds,
+                       log=say)
+    res.num_unfinished = unfinished
+    return res
+
+
+def _is_missing(value: Any) -> bool:
+    return isinstance(value, float) and np.isnan(value)
+
+
+def _rounds_of(values: Mapping[str, Any]) -> int:
+    """T of a trial's config (0 when the config cannot be rebuilt, e.g. read back from CSV)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return split_trial_config(values)[0].rounds
+        except ValueError:
+            return 0
+
+
+def _unfinished(result) -> bool:
+    return int((result.metrics or {}).get("round") or 0) < _rounds_of(result.config or {})
 
 
 def _check_fits(study: Study, exp: Path) -> None:
@@ -644,6 +670,12 @@ def finish_study(study: Study, results: pd.DataFrame, exp: Path, *, num_errors: 
     csv = exp / f"{study.name}_trials.csv"
     results.to_csv(csv, index=False)
     finished = results.dropna(subset=[study.metric]) if study.metric in results else results
+    if len(finished) and "round" in finished:  # interrupted trials stay out of the summary
+        prefix = "config/"
+        rounds = [_rounds_of({k[len(prefix):]: v for k, v in row.items()
+                              if k.startswith(prefix) and not _is_missing(v)})
+                  for row in finished.to_dict("records")]
+        finished = finished[finished["round"].to_numpy() >= np.asarray(rounds)]
     td = tidy(finished, study) if len(finished) else finished
     summary = aggregate(td, study) if len(td) else pd.DataFrame()
     summary_csv = exp / f"{study.name}_summary.csv"
