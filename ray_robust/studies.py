@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from .algorithm import METRICS, RunState, Server, honest_gradients, run
-from .config import Config
+from .config import ALGORITHMS, Config
 from .core.aggregators import n_to_screen
 from .core.shift import error_rate
 from .data import Problem
@@ -713,6 +713,9 @@ def format_summary(study: Study, summary: pd.DataFrame) -> str:
         index = [*rest, x] if rest else [x]
         try:
             table = df.pivot_table(index=index, columns=hue, values="cell", aggfunc="first")
+            if hue == "algorithm":  # the paper's column order
+                table = table[[a for a in ALGORITHMS if a in table.columns]
+                              + [a for a in table.columns if a not in ALGORITHMS]]
             return f"{summary['y'].iloc[0]} (mean ± sd over seeds)\n{table.to_string()}"
         except (ValueError, TypeError):
             pass
