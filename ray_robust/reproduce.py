@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 
 import pandas as pd
@@ -60,32 +61,41 @@ def run_table1(
     """
     rows = []
     seeds = list(seeds)
-    for k, seed in enumerate(seeds):
-        configs = table1_configs(seed, **overrides)
-        problem = load_problem(configs[0][2])
-        runner = _ray_runner(problem, engine_options or {}) if engine == "ray" else None
-        try:
-            for env, algo, cfg in configs:
-                if runner is None:
-                    hist = train(cfg, problem=problem)
-                else:
-                    hist = runner(cfg)
-                fin = hist.final
-                rows.append(dict(seed=seed, environment=env, algorithm=algo,
-                                 error=fin["test_error_shifted"],
-                                 clean_error=fin["test_error"], train_loss=fin["train_loss"],
-                                 seconds=hist.seconds))
-        finally:
-            if runner is not None:
-                runner.close()
-        if log:
-            done = pd.DataFrame(rows)
-            done = done[done.seed == seed].set_index(["environment", "algorithm"])["error"]
-            log(f"seed {seed} done ({k + 1}/{len(seeds)}): " + ", ".join(
-                f"{env} " + "/".join(f"{done[env, a]:.3f}" for a in ALGORITHM_LABELS)
-                for env in ENVIRONMENTS
-            ))
+    with _ray_session(engine, engine_options or {}):  # one Ray start for all seeds
+        for k, seed in enumerate(seeds):
+            configs = table1_configs(seed, **overrides)
+            problem = load_problem(configs[0][2])
+            runner = _ray_runner(problem, engine_options or {}) if engine == "ray" else None
+            try:
+                for env, algo, cfg in configs:
+                    if runner is None:
+                        hist = train(cfg, problem=problem)
+                    else:
+                        hist = runner(cfg)
+                    fin = hist.final
+                    rows.append(dict(seed=seed, environment=env, algorithm=algo,
+                                     error=fin["test_error_shifted"],
+                                     clean_error=fin["test_error"], train_loss=fin["train_loss"],
+                                     seconds=hist.seconds))
+            finally:
+                if runner is not None:
+                    runner.close()
+            if log:
+                done = pd.DataFrame(rows)
+                done = done[done.seed == seed].set_index(["environment", "algorithm"])["error"]
+                log(f"seed {seed} done ({k + 1}/{len(seeds)}): " + ", ".join(
+                    f"{env} " + "/".join(f"{done[env, a]:.3f}" for a in ALGORITHM_LABELS)
+                    for env in ENVIRONMENTS
+                ))
     return pd.DataFrame(rows)
+
+
+def _ray_session(engine: str, options: dict):
+    if engine != "ray":
+        return contextlib.nullcontext()
+    from .engines.ray_engine import ray_session
+
+    return ray_session(options.get("address"), options.get("include_dashboard", False))
 
 
 def _ray_runner(problem, options: dict):

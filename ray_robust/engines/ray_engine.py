@@ -45,10 +45,11 @@ Ray version); the data is read on the driver only and reaches the nodes via the 
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -276,6 +277,18 @@ def _ensure_ray(address: str | None, include_dashboard: bool) -> bool:
     target = address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=target, include_dashboard=include_dashboard, log_to_driver=False)
     return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, include_dashboard: bool = False) -> Iterator[None]:
+    """Ray up for a block of several :class:`RayTrainer` (e.g. Table I's seeds): starts it as
+    :class:`RayTrainer` would, unless already up, and shuts it down at the end if it did."""
+    started = _ensure_ray(address, include_dashboard)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _packing(actors: str | int, m: int) -> list[list[int]]:
