@@ -77,7 +77,13 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="join an existing Ray cluster (else RAY_ADDRESS, else a local one)")
     parser.add_argument("--actors", default="auto",
-                        help="Ray engine: 'auto' (≈ one actor per CPU) or 'per-worker'")
+                        help="Ray engine: 'auto' (≈ one actor per CPU), 'per-worker', or a "
+                             "number of worker actors")
+    parser.add_argument("--round-timeout", type=float, default=60.0,
+                        help="Ray engine: seconds a round waits for worker actors; later "
+                             "messages count as missing (default 60)")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="Ray engine: start the Ray dashboard with a local Ray instance")
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
@@ -150,7 +156,10 @@ def _progress(row: dict) -> None:
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict:
-    return dict(address=args.address, actors=args.actors) if args.engine == "ray" else {}
+    if args.engine != "ray":
+        return {}
+    return dict(address=args.address, actors=args.actors, round_timeout=args.round_timeout,
+                include_dashboard=args.dashboard)
 
 
 def _summarize(hist, args: argparse.Namespace) -> int:

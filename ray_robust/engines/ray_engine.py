@@ -13,17 +13,22 @@ Layout (issue 3):
   every packing gives the in-process engine's θ bit for bit.
 - **The server actor** (:class:`_ServerActor`) holds the :class:`~ray_robust.algorithm.Server`,
   the worker handles and θ, and runs :func:`ray_robust.algorithm.run`. Each round it launches
-  all worker calls, gathers them with ``ray.wait(timeout=round_timeout)`` and reads each future
-  under ``try/except RayError``: a late, missing or failed message is ``None``, which the
+  all worker calls and gathers them with one ``ray.get(timeout=round_timeout)``; after a
+  failure or the timeout, ``ray.wait`` sorts out what is ready and each future is read under
+  ``try/except RayError``: a late, missing or failed message is ``None``, which the
   server's message validation turns into a rejected row (screened, never aggregated). When too
   few valid messages remain, the aggregator's :class:`AggregationError` ends the run at the
   driver with the round number; nothing hangs.
 - **Faults.** Worker actors are created with ``max_restarts``; Ray re-runs the constructor,
-  which receives the same shard object ref, so a restarted worker rejoins with its shard.
+  which reads the shard stack from the same object ref, so a restarted worker rejoins with
+  its shards.
   Rounds it misses count in ``n_rejected``.
-- **Progress** reaches the driver by polling: the server actor is threaded
-  (``max_concurrency=2``); its run appends each progress row to a queue that the driver drains
-  every ``poll_interval`` seconds.
+- **Progress and checkpoints** reach the driver by polling: the server actor is threaded
+  (``max_concurrency=2``); its run queues each progress row and checkpoint snapshot, which the
+  driver drains every ``poll_interval`` seconds and hands to ``progress`` / ``checkpoint`` (so
+  checkpoint files are written where the driver runs, not on the server actor's node).
+  :meth:`RayTrainer.compute_fn` gives callers that run the loop themselves (a Tune trial) the
+  same gathering, from their own process.
 
 Resources and scheduling. Every actor asks for ``num_cpus=0``: Ray then reserves nothing, so the
 engine cannot deadlock on a small machine or inside a Tune trial that already holds the CPUs
@@ -38,8 +43,13 @@ calls ``ray.init`` with ``address`` (or ``$RAY_ADDRESS``) to join a cluster, els
 ``address="local"`` (a new local instance, never one found in ``/tmp/ray``), the dashboard off
 unless ``include_dashboard=True``, usage statistics off (``RAY_USAGE_STATS_ENABLED=0`` unless
 set), token authentication left at Ray's default; it shuts Ray down in :meth:`RayTrainer.close`
-only if it started it. On a cluster every node needs ``ray_robust`` importable (same Python and
-Ray version); the data is read on the driver only and reaches the nodes via the object store.
+only if it started it (:func:`ray_session` does the same for a block of several trainers). On
+a cluster every node needs ``ray_robust`` importable (same Python and Ray version); the data is
+read on the driver only and reaches the nodes via the object store.
+
+Ray logs one ``core_worker.cc`` error line per trainer: "constructor arguments in the object
+store and max_restarts > 0" (ray-project/ray#53727). It is harmless here: the trainer keeps the
+shard refs alive until :meth:`RayTrainer.close`, so a restart always finds them.
 """
 
 from __future__ import annotations
@@ -291,21 +301,28 @@ def ray_session(address: str | None = None, include_dashboard: bool = False) -> 
             ray.shutdown()
 
 
-def _packing(actors: str | int, m: int) -> list[list[int]]:
-    """Contiguous groups of the m logical workers, one per worker actor."""
+def _check_actors(actors: str | int, m: int) -> str | int:
+    """The ``actors`` parameter, validated before Ray starts ('4' from the CLI → 4)."""
     if isinstance(actors, str) and actors.isdigit():
         actors = int(actors)
+    if actors in PACKINGS or (
+        isinstance(actors, int) and not isinstance(actors, bool) and 1 <= actors <= m
+    ):
+        return actors
+    raise ValueError(
+        f"The 'actors' parameter of the Ray engine must be 'auto', 'per-worker' or an int "
+        f"in [1, {m}]. Got {actors!r} instead."
+    )
+
+
+def _packing(actors: str | int, m: int) -> list[list[int]]:
+    """Contiguous groups of the m logical workers, one per worker actor."""
     if actors == "per-worker":
         n = m
     elif actors == "auto":
         n = min(m, max(1, int(ray.cluster_resources().get("CPU", 1))))
-    elif isinstance(actors, int) and not isinstance(actors, bool) and 1 <= actors <= m:
-        n = actors
     else:
-        raise ValueError(
-            f"The 'actors' parameter of the Ray engine must be 'auto', 'per-worker' or an int "
-            f"in [1, {m}]. Got {actors!r} instead."
-        )
+        n = int(actors)
     return [g.tolist() for g in np.array_split(np.arange(m), n)]
 
 
@@ -351,6 +368,7 @@ class RayTrainer:
                 f"The 'byzantine_payload' parameter of the Ray engine must map logical workers "
                 f"in [0, {m}) to payloads. Got keys {bad!r}."
             )
+        actors = _check_actors(actors, m)
         self.problem = problem
         self.poll_interval = poll_interval
         self._data_key: tuple | None = None
