@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         for packing, trainer in trainers.items():
             trainer(cfg)
             record(f"ray {packing}", trainer.round_seconds())
+            if packing == "auto":  # the driver polls the server actor every 0.25 s
+                trainer(cfg, progress=lambda row: None, progress_every=50)
+                record("ray auto, progress polled", trainer.round_seconds())
             record(f"noop {packing}", trainer.time_noop(cfg, args.rounds))
             server = Server(cfg, problem)
             starts: list[float] = []
@@ -100,7 +103,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{best['in-process']:>9.3f}")
     for packing, trainer in trainers.items():
         noop, noop_best = ms[f"noop {packing}"], best[f"noop {packing}"]
-        for name in (f"ray {packing}", f"ray {packing}, driver gathers"):
+        names = [f"ray {packing}", f"ray {packing}, driver gathers"]
+        if packing == "auto":
+            names.insert(1, "ray auto, progress polled")
+        for name in names:
             ratio = ms[name] / (noop + ms["in-process"])
             ratio_best = best[name] / (noop_best + best["in-process"])
             print(f"{name:<32}{len(trainer.groups):>7}{ms[name]:>10.3f}{noop:>9.3f}"

@@ -202,7 +202,8 @@ def test_configs_must_match_the_trainers_problem(trainers):
     trainer(make_config(algorithm="erm", rounds=1))
     with pytest.raises(ValueError, match="n_workers = 10 but this RayTrainer holds 20 shards"):
         trainer(make_config(algorithm="erm", n_workers=10, rounds=1))
-    with pytest.raises(ValueError, match=r"holds the data of \(seed, .*make a new RayTrainer"):
+    with pytest.raises(ValueError, match=r"another problem: the config has seed = 2 \(trainer: "
+                                         r"1\); make a new RayTrainer"):
         trainer(make_config(algorithm="erm", seed=2, rounds=1))
 
 

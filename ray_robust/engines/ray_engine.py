@@ -77,6 +77,9 @@ PACKINGS = ("auto", "per-worker")
 #: caller that reserves resources for the engine (e.g. a Tune trial's placement group) needs
 #: no bundle for the actors: a bundle of only zeros is invalid in Ray.
 ACTOR_CPUS = 0
+#: Config fields that :func:`ray_robust.api.load_problem` reads besides n_workers: the runs of
+#: one RayTrainer must agree on them (its actors hold that problem's shards).
+DATA_FIELDS = ("seed", "train_fraction", "standardize", "sharding", "dirichlet_alpha")
 
 
 # ---- actors ------------------------------------------------------------------------------
@@ -371,7 +374,7 @@ class RayTrainer:
         actors = _check_actors(actors, m)
         self.problem = problem
         self.poll_interval = poll_interval
-        self._data_key: tuple | None = None
+        self._data_key: dict | None = None
         self._workers: list[Any] = []
         self._server = None
         self.round_timeout = float(round_timeout)
@@ -428,14 +431,15 @@ class RayTrainer:
                 f"{m} shards; make a RayTrainer for a problem with n_workers = "
                 f"{config.n_workers}."
             )
-        key = (config.seed, config.train_fraction, config.standardize)
+        key = {name: getattr(config, name) for name in DATA_FIELDS if hasattr(config, name)}
         if self._data_key is None:
             self._data_key = key
         elif key != self._data_key:
+            diff = ", ".join(f"{k} = {key[k]!r} (trainer: {self._data_key[k]!r})"
+                             for k in key if key[k] != self._data_key.get(k))
             raise ValueError(
-                f"This RayTrainer holds the data of (seed, train_fraction, standardize) = "
-                f"{self._data_key}, but the config asks for {key}; make a new RayTrainer from "
-                f"load_problem(config)."
+                f"This RayTrainer holds the shards of another problem: the config has {diff}; "
+                f"make a new RayTrainer from load_problem(config)."
             )
 
     def __call__(
