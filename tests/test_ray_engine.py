@@ -254,12 +254,16 @@ def _table(text: str) -> list[str]:
     return lines[start:start + 6]
 
 
-def test_cli_reproduce_table1_on_ray_prints_the_local_table(data_dir, tmp_path):
+def test_cli_reproduce_table1_on_ray_prints_the_local_table(ray_session, data_dir, tmp_path):
+    """The CLI joins a running Ray instance (here the session's) with --address, as it would
+    join a cluster's head; an explicit address needs RAY_AUTH_MODE=token (Ray 2.60's default
+    token authentication)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_ROBUST_DATA_DIR"] = str(data_dir)
+    env.update(RAY_ROBUST_DATA_DIR=str(data_dir), RAY_AUTH_MODE="token")
+    address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.run(
         [sys.executable, "-m", "ray_robust.cli", "reproduce", "table1", "--engine", "ray",
-         "--seeds", "1", "--rounds", "20", "--out", str(tmp_path)],
+         "--seeds", "1", "--rounds", "20", "--out", str(tmp_path), "--address", address],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
