@@ -556,7 +556,9 @@ def run_study_full(
             shutil.rmtree(exp)
     if not ray.is_initialized():
         env = {k: os.environ[k] for k in ("RAY_ROBUST_DATA_DIR",) if k in os.environ}
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+        # "local": a new instance, never another user's cluster found in /tmp/ray
+        target = address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=target, include_dashboard=False, log_to_driver=False,
                  configure_logging=False, runtime_env={"env_vars": env} if env else None)
     n_trials = len(study.trial_configs())
     _check_fits(study, exp)
