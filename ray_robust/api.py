@@ -11,7 +11,7 @@ from ._validation import check_int
 from .algorithm import History, RunState
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
-from .data import Problem, load_spambase, prepare
+from .data import Problem, load_spambase, load_table, prepare
 
 ENGINES = ("local", "ray")
 
@@ -19,9 +19,13 @@ ENGINES = ("local", "ray")
 def load_problem(config: Config) -> Problem:
     """Spambase split, standardized and sharded as ``config`` says (seeded by ``config.seed``).
 
+    With ``config.label_column`` the data is the user's CSV at ``config.data_path`` instead.
     Runs that differ only in algorithm, attack or shift share one problem: build it once.
     """
-    X, y = load_spambase(config.data_path)
+    if config.label_column is not None:
+        X, y = load_table(config.data_path, label=config.label_column)
+    else:
+        X, y = load_spambase(config.data_path)
     data_seq = np.random.SeedSequence(config.seed).spawn(4)[0]
     return prepare(
         X, y, n_workers=config.n_workers, train_fraction=config.train_fraction,

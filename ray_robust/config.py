@@ -108,7 +108,11 @@ class Config:
     dirichlet_alpha: float = 1.0
     """Dirichlet concentration of 'dirichlet'/'quantity' sharding; smaller = more skewed"""
     data_path: str | None = field(default=None, compare=False)
-    """Spambase file or folder; None = $RAY_ROBUST_DATA_DIR, the cache, or a download"""
+    """Spambase file or folder; None = $RAY_ROBUST_DATA_DIR, the cache, or a download (with
+    label_column: your CSV file)"""
+    label_column: str | None = None
+    """train on your own CSV (data_path, with a header row): the label column's name; the other
+    columns are the features. None = Spambase"""
 
     def __post_init__(self) -> None:
         owner = "the config"
@@ -135,6 +139,13 @@ class Config:
             )
         if self.f is not None:
             check_int(self.f, "f", owner, low=0)
+        if self.label_column is not None and (not isinstance(self.label_column, str)
+                                              or self.data_path is None):
+            raise ValueError(
+                f"The 'label_column' parameter of {owner} needs data_path, the CSV file to read "
+                f"(and must be a column name). Got label_column={self.label_column!r}, "
+                f"data_path={self.data_path!r}."
+            )
         check_choice(self.standardize, "standardize", owner, STANDARDIZE)
         m = check_int(self.n_workers, "n_workers", owner, low=1)
         check_real(self.alpha, "alpha", owner, low=0, high=1, high_open=True)

@@ -292,7 +292,7 @@ def cached_problem(cfg: Config) -> Problem:
     from .api import load_problem
 
     key = (cfg.seed, cfg.n_workers, cfg.train_fraction, cfg.standardize, cfg.data_path,
-           cfg.sharding, cfg.dirichlet_alpha)
+           cfg.sharding, cfg.dirichlet_alpha, cfg.label_column)
     if key not in _PROBLEMS:
         if len(_PROBLEMS) >= 16:
             _PROBLEMS.pop(next(iter(_PROBLEMS)))

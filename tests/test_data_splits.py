@@ -229,3 +229,18 @@ def test_regression_split_is_not_stratified():
     X, y = make_synthetic(1000, 3, task="regression", seed=0)
     pb = prepare(X, y, n_workers=4, seed=0)
     assert pb.X_train.shape[0] == 800 and pb.X_test.shape[0] == 200
+
+
+def test_config_label_column_trains_on_a_user_csv(tmp_path):
+    X, y = make_synthetic(600, 4, task="logistic", noise=0.2, seed=2)
+    path = tmp_path / "user.csv"
+    pd.DataFrame(X, columns=list("abcd")).assign(target=y).to_csv(path, index=False)
+    cfg = Config(data_path=str(path), label_column="target", n_workers=6, rounds=40,
+                 alpha=0.2, attack="ipm", aggregator="trimmed_mean", sharding="dirichlet")
+    pb = load_problem(cfg)
+    assert pb.X_train.shape[1] == 4 and pb.X_train.shape[0] + pb.X_test.shape[0] == 600
+    assert train(cfg, problem=pb).final["test_error"] < 0.2
+    with pytest.raises(ValueError, match=r"'label_column' parameter .* needs data_path"):
+        Config(label_column="target")
+    with pytest.raises(ValueError, match="label column 'spam' is not in the data"):
+        load_problem(cfg.replace(label_column="spam"))
