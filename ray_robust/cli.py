@@ -137,7 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         values["algorithm"] = args.algorithm
     values.update(overrides)
     cfg = Config.from_dict(values)
-    _say(f"ray-robust train: {cfg.algorithm or cfg.aggregator} on Spambase, m = {cfg.n_workers}, "
+    data = "Spambase" if cfg.label_column is None else cfg.data_path
+    _say(f"ray-robust train: {cfg.algorithm or cfg.aggregator} on {data}, m = {cfg.n_workers}, "
          f"{cfg.n_byzantine} byzantine ({cfg.attack}), T = {cfg.rounds}, engine = {args.engine}")
     _say(f"theory: {_theory_line(cfg)}")
 
