@@ -9,6 +9,9 @@ non-finite rows first and count them toward f: they run on the n' = n − b fini
 f' = max(f − b, 0). A missing or malformed message is a fault (crash or byzantine), so the
 finite rows hold at most f' byzantine ones when the run has at most f faults in all; and the
 precondition on (n, f) implies the one on (n', f') (e.g. Krum: n > 2f + 2 ⇒ n' > 2f' + 2).
+The price: f must cover every fault. If honest workers can also go missing (a Ray straggler
+past the round timeout, a dead actor) while f byzantine ones attack, set f to the byzantine
+count plus the missing messages you expect, or a byzantine row survives the trim/selection.
 
 ``kept`` (which inputs entered the output): for selection rules (NBS, Krum, Multi-Krum) the
 selected rows; for coordinate-wise rules (median, trimmed mean, Bulyan's second stage) the rows
