@@ -425,3 +425,19 @@ def test_comparison_study_quick_mode_draws_heatmaps(data_dir, tmp_path):
     assert main([str(csv)]) == 0
     assert (tmp_path / "aggregators_vs_attacks_heatmap.png").is_file()
     assert (tmp_path / "aggregators_vs_attacks_standing.csv").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(set(AGGREGATORS) - {"mean"}))
+def test_f_far_away_byzantine_rows_do_not_move_robust_rules(name):
+    """f = 2 rows at 10⁶ (finite, so not dropped): every robust rule stays near the honest
+    rows; the selection and coordinate-wise rules stay inside their coordinate-wise range."""
+    rng = np.random.default_rng(11)
+    G = rng.normal(size=(N, P))
+    honest = G.copy()
+    G[[4, 9]] = 1e6
+    a = call(name, G, state=honest.mean(axis=0))
+    assert np.linalg.norm(a.vector - honest.mean(axis=0)) < 2 * np.linalg.norm(honest, axis=1).max()
+    if name in ("median", "trimmed_mean", "krum", "multi_krum", "bulyan", "nbs"):
+        lo, hi = np.delete(G, [4, 9], axis=0).min(0), np.delete(G, [4, 9], axis=0).max(0)
+        assert np.all((a.vector >= lo - 1e-12) & (a.vector <= hi + 1e-12))
+        assert not a.kept[[4, 9]].any()
