@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -33,7 +34,7 @@ IDS = [p.stem for p in NOTEBOOKS]
 
 
 @pytest.fixture(scope="session")
-def kernel_env(data_dir, tmp_path_factory) -> dict[str, str]:
+def kernel_env(data_dir, tmp_path_factory) -> Iterator[dict[str, str]]:
     """The kernels' environment: quick mode, the data folder, and a "python3" kernelspec.
 
     The kernelspec is installed into a temporary Jupyter data folder put first on
@@ -48,7 +49,9 @@ def kernel_env(data_dir, tmp_path_factory) -> dict[str, str]:
     old = os.environ.get("JUPYTER_PATH")
     os.environ["JUPYTER_PATH"] = os.pathsep.join([jupyter_path, *([old] if old else [])])
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # no cluster to join
-    env.update(RAY_ROBUST_QUICK="1", RAY_ROBUST_DATA_DIR=str(data_dir),
+    # The kernels run in notebooks/: a relative data folder (CI passes ../shared/data) must be
+    # made absolute.
+    env.update(RAY_ROBUST_QUICK="1", RAY_ROBUST_DATA_DIR=str(Path(data_dir).resolve()),
                RAY_USAGE_STATS_ENABLED="0", PYDEVD_DISABLE_FILE_VALIDATION="1")
     yield env
     if old is None:
