@@ -79,7 +79,8 @@ PACKINGS = ("auto", "per-worker")
 ACTOR_CPUS = 0
 #: Config fields that :func:`ray_robust.api.load_problem` reads besides n_workers: the runs of
 #: one RayTrainer must agree on them (its actors hold that problem's shards).
-DATA_FIELDS = ("seed", "train_fraction", "standardize", "sharding", "dirichlet_alpha")
+DATA_FIELDS = ("seed", "train_fraction", "standardize", "sharding", "dirichlet_alpha",
+               "label_column")
 
 
 # ---- actors ------------------------------------------------------------------------------
