@@ -47,7 +47,8 @@ def test_gradients_match_finite_differences():
     for j in range(theta.size):
         e = np.zeros_like(theta)
         e[j] = h
-        fd = ((MODEL.loss(theta + e, X, y) - MODEL.loss(theta - e, X, y)) * weights).sum(-1) / (2 * h)
+        diff = MODEL.loss(theta + e, X, y) - MODEL.loss(theta - e, X, y)
+        fd = (diff * weights).sum(-1) / (2 * h)
         np.testing.assert_allclose(g[:, j], fd, rtol=1e-6, atol=1e-8)
     # ∇x per sample
     gx = MODEL.grad_x(theta, X, y)
@@ -165,7 +166,8 @@ def test_theorem1_bound(seed, m, frac, extra, adversarial):
     G = nbs(g, n_scr / m).vector
     alpha, beta = n_byz / m, n_scr / m
     for S in (honest.mean(axis=0), np.zeros(d), rng.normal(size=d), honest[0]):
-        bound = 2 * alpha / (1 - beta) * np.linalg.norm(S) + np.linalg.norm(honest - S, axis=1).max()
+        spread = np.linalg.norm(honest - S, axis=1).max()
+        bound = 2 * alpha / (1 - beta) * np.linalg.norm(S) + spread
         assert np.linalg.norm(G - S) <= bound + 1e-9
 
 

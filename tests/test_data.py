@@ -91,9 +91,9 @@ def test_prepare_is_seeded_and_standardizes_with_training_statistics(data_dir):
 
 def test_prepare_rejects_bad_values(data_dir):
     X, y = load_spambase(data_dir)
-    with pytest.raises(ValueError, match="'n_workers'.*at most"):
+    with pytest.raises(ValueError, match=r"'n_workers'.*at most"):
         prepare(X, y, n_workers=5000)
     with pytest.raises(ValueError, match="'train_fraction'"):
         prepare(X, y, n_workers=2, train_fraction=1.0)
-    with pytest.raises(ValueError, match="'standardize'.*zscore"):
+    with pytest.raises(ValueError, match=r"'standardize'.*zscore"):
         prepare(X, y, n_workers=2, standardize="minmax")
