@@ -301,7 +301,6 @@ def test_fig3_error_flat_in_lambda_except_small_lambda(data_dir):
     assert s[0.05] > s[3.0] + 0.03, s
 
 
-@pytest.mark.slow
 def test_fig4_ten_wrm_steps_are_already_close_to_a_hundred(data_dir):
     s = _summary("fig4_tz", t_z=[10, 100]).set_index("t_z")["mean"]
     assert abs(s[10] - s[100]) < 0.01, s
