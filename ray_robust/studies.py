@@ -35,11 +35,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .algorithm import METRICS, RunState, Server, honest_gradients, run
+from .algorithm import METRICS, RunState, Server, run
 from .config import ALGORITHMS, Config
 from .core.aggregators import n_to_screen
 from .core.shift import error_rate
 from .data import Problem
+from .engines.local import train_local
 from .reproduce import ENVIRONMENTS
 
 #: Trial keys a param_space may hold besides Config's fields and ``algorithm``.
@@ -388,9 +389,8 @@ def trainable(config: dict[str, Any]) -> None:
     if opts["engine"] == "ray":
         _run_ray(server, state, opts, report)
     else:
-        shards = problem.shards
-        run(server, lambda theta, t: honest_gradients(cfg, server.model, theta, shards, t),
-            state=state, progress=report, progress_every=opts["report_every"])
+        train_local(cfg, problem, state=state, progress=report,
+                    progress_every=opts["report_every"])
 
 
 def _run_ray(server: Server, state: RunState, opts: dict, report: Callable) -> None:
@@ -418,9 +418,7 @@ def run_grid_local(study: Study | str | os.PathLike | Mapping,
             cfg, opts = split_trial_config(values)
         server = Server(cfg, cached_problem(cfg))
         state = server.initial_state()
-        shards = server.problem.shards
-        run(server, lambda theta, t, c=cfg, s=server, sh=shards: honest_gradients(
-            c, s.model, theta, sh, t), state=state)
+        train_local(cfg, server.problem, state=state)
         row = trial_metrics(server, state, state.rows[-1], opts, 0)
         row.update({f"config/{key}": v for key, v in values.items()})
         rows.append(row)
