@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Config, GuaranteeWarning
-from .core.aggregators import AGGREGATORS, STATEFUL, Aggregation
+from .core.aggregators import AGGREGATORS, STATEFUL, Aggregation, AggregationError
 from .core.attacks import ATTACKS, DATA_ATTACKS, USES_OWN, flip_labels
 from .core.models import get_model
 from .core.shift import error_rate
@@ -42,6 +42,14 @@ def validate_messages(
     Anything else (None, a string, a list, a wrong shape, complex, object or bool dtype, NaN,
     Inf, a missing message) becomes a row of NaN, which every aggregator screens out. Returns
     the array and the boolean ``(m,)`` mask of rejected messages. Never raises.
+
+    Size limit: a message is exactly p floats (the model's parameter count). The type, dtype
+    and shape are checked first, in O(1), so an oversized array is rejected before any
+    arithmetic touches it (Ray has already carried it, zero-copy from the object store).
+    Finite vectors of enormous norm (e.g. entries of 1e308) are *valid* messages: screening
+    them is the aggregator's job (NBS, Krum, ... drop them; the mean is poisoned by them, which
+    is the mean's honest behaviour), and :meth:`Server.step` refuses a step that would make θ
+    non-finite.
     """
     if (
         isinstance(messages, np.ndarray)
@@ -68,6 +76,29 @@ def validate_messages(
                 grads[i] = row
                 rejected[i] = False
     return grads, rejected
+
+
+class DivergenceError(ValueError):
+    """The run diverged: most workers' gradients overflowed (the step size η is too large).
+
+    A ``ValueError`` (a bad parameter value, eta): the CLI prints it in one line, status 2.
+    """
+
+
+def count_overflowed(messages: Sequence[Any] | np.ndarray, p: int) -> int:
+    """How many messages are p floats that are non-finite or whose norm overflows.
+
+    These are well-formed messages from workers whose arithmetic blew up (a diverging run), as
+    opposed to missing or malformed ones. Only called on the rare failing path.
+    """
+    if isinstance(messages, np.ndarray) and messages.ndim == 2:
+        rows = list(messages)
+    else:
+        rows = [msg for msg in messages if isinstance(msg, np.ndarray)
+                and msg.dtype.kind == "f" and msg.shape == (p,)]
+    with np.errstate(over="ignore", invalid="ignore"):
+        return sum(not np.isfinite(np.linalg.norm(np.asarray(r, dtype=np.float64)))
+                   for r in rows)
 
 
 @dataclass
@@ -185,26 +216,66 @@ class Server:
                 rejected = rejected & ~self.byzantine
                 bad = ~np.isfinite(grads).all(axis=1)
                 grads[bad], rejected = np.nan, rejected | bad
-        if self._stateful:
-            agg = self._aggregate(grads, state=state.aggregator_state)
-            state.aggregator_state = agg.state
-        else:
-            agg = self._aggregate(grads)
-        G = agg.vector
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below
+            try:
+                if self._stateful:
+                    agg = self._aggregate(grads, state=state.aggregator_state)
+                else:
+                    agg = self._aggregate(grads)
+            except AggregationError:
+                self._check_diverged(state, messages)
+                raise
+            G = agg.vector
+            g_norm = float(np.linalg.norm(G))
+            theta = state.theta - cfg.eta * G
         if info and "wrm_samples" in info:
             info = self._certified_info(state, info)
-        state.theta = state.theta - cfg.eta * G
+        if np.isfinite(g_norm) and np.isfinite(theta).all():
+            state.theta = theta
+            if self._stateful:
+                state.aggregator_state = agg.state
+        else:  # G's norm or θ overflowed: the step is refused, θ and a rule's state are kept
+            self._check_diverged(state, messages)
+            self._refuse_step(state)
         state.round += 1
         if state.round % cfg.eval_every and state.round != cfg.rounds:
             return None
         row = self.evaluate(state.theta)
         row.update(
-            round=state.round, grad_norm=float(np.linalg.norm(G)),
+            round=state.round, grad_norm=g_norm,
             n_screened=agg.n_screened, n_rejected=int(rejected.sum()),
         )
+        if "steps_refused" in state.totals:
+            row["steps_refused"] = state.totals["steps_refused"]
         row.update(info or {})
         state.rows.append(row)
         return row
+
+    def _check_diverged(self, state: RunState, messages: Sequence[Any] | np.ndarray) -> None:
+        """Raise :class:`DivergenceError` when most messages overflowed: byzantine workers are
+        a minority, so an overflowing majority means the honest gradients blew up."""
+        m, cfg = self.config.n_workers, self.config
+        n = count_overflowed(messages, self.p)
+        if 2 * n > m:
+            with np.errstate(over="ignore", invalid="ignore"):
+                norm = float(np.linalg.norm(state.theta))
+            raise DivergenceError(
+                f"Round {state.round + 1} of {cfg.rounds}: the run diverged: {n} of {m} "
+                f"workers' gradients overflowed (‖θ‖ = {norm:.3g}). The step size is too large "
+                f"for this problem: use a smaller eta (now {cfg.eta:g}), e.g. {cfg.eta / 10:g}."
+            )
+
+    def _refuse_step(self, state: RunState) -> None:
+        """Count a refused step (``steps_refused`` in the metrics from then on); warn once."""
+        state.totals["steps_refused"] = state.totals.get("steps_refused", 0) + 1
+        if "refused" not in self._warned:
+            self._warned.add("refused")
+            warnings.warn(
+                f"Round {state.round + 1}: the aggregate G overflows (‖G‖ or θ − ηG is not "
+                f"finite: a huge message reached the '{self.config.aggregator}' rule); the step "
+                "is refused and θ kept. Counted in the metrics' steps_refused (warned once per "
+                "run).", RuntimeWarning, stacklevel=3,
+            )
 
     def _certified_info(self, state: RunState, info: dict) -> dict:
         """Round statistics of the certified ascent: ε, mean certificate, running step total;
@@ -249,6 +320,8 @@ class Server:
     def history(self, state: RunState, seconds: float = 0.0) -> History:
         extra = dict.fromkeys(k for row in state.rows for k in row if k not in METRICS)
         df = pd.DataFrame(state.rows, columns=[*METRICS, *extra])
+        if "steps_refused" in df:  # rows before the first refusal lack the key
+            df["steps_refused"] = df["steps_refused"].fillna(0).astype(int)
         return History(df, state.theta.copy(), self.config, np.flatnonzero(self.byzantine), seconds)
 
 

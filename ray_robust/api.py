@@ -74,10 +74,19 @@ def train(
 
         return train_local(config, problem, progress=progress, progress_every=progress_every,
                            **engine_options)
-    from .engines.ray_engine import train_ray  # imported lazily: `import ray` costs ~1 s
+    from .engines.ray_engine import ServerDiedError, train_ray  # lazily: `import ray` ~1 s
 
-    return train_ray(config, problem, progress=progress, progress_every=progress_every,
-                     **engine_options)
+    try:
+        return train_ray(config, problem, progress=progress, progress_every=progress_every,
+                         **engine_options)
+    except ServerDiedError as exc:
+        if checkpoint_dir is None:
+            raise
+        raise ServerDiedError(
+            f"{exc} The last checkpoint is in {checkpoint_dir}: continue with "
+            f"resume({str(checkpoint_dir)!r}, engine='ray') or `ray-robust train --resume "
+            f"{checkpoint_dir} --engine ray`."
+        ) from None
 
 
 def resume(checkpoint_dir: str | os.PathLike, **train_kwargs) -> History:

@@ -1,6 +1,8 @@
 """The ``ray-robust`` command line: ``train`` one configuration, ``reproduce table1``.
 
-Bad input prints one line ``ray-robust: error: …`` and exits with status 2 (no traceback).
+Bad input (and a diverging run: eta too large) prints one line ``ray-robust: error: …`` and
+exits with status 2 (no traceback); a run that fails (more faults than the aggregator
+tolerates, a dead Ray server actor) prints one line and exits with status 1.
 """
 
 from __future__ import annotations
@@ -243,14 +245,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_failures() -> tuple[type[Exception], ...]:
+    """Errors that end a run with a clear message (no traceback, exit status 1)."""
+    from .core.aggregators import AggregationError
+
+    ray_engine = sys.modules.get("ray_robust.engines.ray_engine")  # loaded only if Ray ran
+    return (AggregationError, *((ray_engine.ServerDiedError,) if ray_engine else ()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # incl. DivergenceError (eta too large)
         print(f"ray-robust: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # the run failed, not its input: too many faults, dead server
+        if not isinstance(exc, _run_failures()):
+            raise
+        print(f"ray-robust: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("ray-robust: interrupted", file=sys.stderr)
         return 130

@@ -66,7 +66,15 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from ..algorithm import History, RunState, Server, honest_gradients, merge_worker_info, run
+from ..algorithm import (
+    DivergenceError,
+    History,
+    RunState,
+    Server,
+    honest_gradients,
+    merge_worker_info,
+    run,
+)
 from ..config import Config
 from ..core.aggregators import AggregationError
 from ..core.models import get_model
@@ -81,6 +89,10 @@ ACTOR_CPUS = 0
 #: one RayTrainer must agree on them (its actors hold that problem's shards).
 DATA_FIELDS = ("seed", "train_fraction", "standardize", "sharding", "dirichlet_alpha",
                "label_column")
+
+
+class ServerDiedError(RuntimeError):
+    """The server actor died mid-run (its process crashed or was killed)."""
 
 
 # ---- actors ------------------------------------------------------------------------------
@@ -480,13 +492,14 @@ class RayTrainer:
                         break
             return ray.get(fut)
         except RayTaskError as exc:
-            if isinstance(exc.cause, AggregationError):
-                raise AggregationError(str(exc.cause)) from None
+            if isinstance(exc.cause, AggregationError | DivergenceError):
+                raise type(exc.cause)(str(exc.cause)) from None
             raise
         except RayActorError as exc:
-            raise RuntimeError(
-                f"The Ray engine's server actor died during the run ({exc}); make a new "
-                f"RayTrainer."
+            raise ServerDiedError(
+                f"The Ray engine's server actor died during the run "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); make a new RayTrainer "
+                f"and resume from the last checkpoint, if the run wrote any."
             ) from None
 
     def compute_fn(self, config: Config) -> Callable[[np.ndarray, int], tuple[Any, dict]]:
