@@ -1,0 +1,197 @@
+"""Any message, any crash (issue 7, points 1–3), for real over Ray.
+
+Already covered in tests/test_ray_engine.py (not repeated here): ``ray.kill`` of worker actors
+mid-run and their rejoining with their shards, stragglers past ``round_timeout``, every worker
+dead → a clear ``AggregationError`` instead of a hang, checkpoints written by the Ray engine.
+Here: the full malformed-message matrix × every aggregator, a worker actor whose process exits
+by itself, and the server actor killed mid-run then resumed from its checkpoint.
+
+Design decision on 1e308-norm vectors: they are finite floats of the right shape, hence *valid*
+messages (not counted as rejected). The robust rules screen them; the plain mean is poisoned by
+them, its honest behaviour, but the sum overflows, and the server refuses a step whose G (or
+θ − ηG) overflows: θ stays finite and the refusal is counted in ``steps_refused``.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from ray_robust.algorithm import Server, honest_gradients
+from ray_robust.api import load_problem, resume, train
+from ray_robust.checkpoint import load_checkpoint
+from ray_robust.config import Config
+from ray_robust.core.aggregators import AGGREGATORS, STATEFUL
+from ray_robust.engines.ray_engine import RayTrainer, ServerDiedError
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+#: every kind of message a byzantine actor sends, two rounds each; True = a valid message
+KINDS = {
+    "none": False, "str": False, "list": False, "scalar": False, "zero_dim": False,
+    "wrong_length": False, "two_d": False, "object": False, "complex": False, "bool": False,
+    "int": False, "nan": False, "inf": False, "empty": False, "very_large": False,
+    "huge_norm": True,
+}
+NAMES = list(KINDS)
+ROUNDS_PER_KIND = 2
+BAD = (1, 8, 14)  # three byzantine logical workers, in different actors of 4
+VERY_LARGE = 1_000_000  # floats (8 MB): rejected by its shape, whatever the size
+
+
+def make_payload(rank: int):
+    """What byzantine worker ``rank`` sends in round t: kind NAMES[t // 2]. A closure (pickled
+    by value), so Ray's worker processes need not import this test module."""
+    names = list(NAMES)
+
+    def send(theta, t):
+        kind, p = names[(t // ROUNDS_PER_KIND) % len(names)], theta.size
+        sign = 1.0 if rank % 2 else -1.0
+        return {
+            "none": lambda: None,
+            "str": lambda: "not a gradient",
+            "list": lambda: [0.0] * p,
+            "scalar": lambda: np.float64(0.5),
+            "zero_dim": lambda: np.array(0.5),
+            "wrong_length": lambda: np.zeros(p - 1),
+            "two_d": lambda: np.zeros((1, p)),
+            "object": lambda: np.array([0.0] * p, dtype=object),
+            "complex": lambda: np.zeros(p, dtype=complex),
+            "bool": lambda: np.ones(p, dtype=bool),
+            "int": lambda: np.zeros(p, dtype=np.int64),
+            "nan": lambda: np.where(np.arange(p) == 0, np.nan, 0.1),
+            "inf": lambda: np.where(np.arange(p) == 0, sign * np.inf, 0.1),
+            "empty": lambda: np.empty(0),
+            "very_large": lambda: np.zeros(VERY_LARGE),
+            "huge_norm": lambda: np.full(p, sign * 1e308),
+        }[kind]()
+
+    return send
+
+
+@pytest.fixture(scope="module")
+def problem(data_dir):
+    return load_problem(Config(seed=3))
+
+
+@pytest.fixture(scope="module")
+def byzantine_trainer(problem):
+    """One trainer (4 worker actors) for the whole matrix: the kind changes with the round."""
+    payload = {i: make_payload(i) for i in BAD}
+    with RayTrainer(problem, actors=4, byzantine_payload=payload) as trainer:
+        yield trainer
+
+
+def _expected_step(cfg, server, problem, state_before, t):
+    """θ_{t+1} computed directly: honest gradients, the byzantine rows as the server must see
+    them (NaN = rejected, or the huge valid vector), the registry's rule, the step."""
+    theta = state_before.theta
+    grads, _ = honest_gradients(cfg, server.model, theta, problem.shards, t)
+    msgs = grads.copy()
+    kind = NAMES[t // ROUNDS_PER_KIND]
+    for i in BAD:
+        msgs[i] = make_payload(i)(theta, t) if KINDS[kind] else np.nan
+    fn, _ = AGGREGATORS[cfg.aggregator]
+    extra = {"state": state_before.aggregator_state} if cfg.aggregator in STATEFUL else {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        G = fn(msgs, **cfg.aggregator_kwargs(), **extra).vector
+        new = theta - cfg.eta * G
+        if not (np.isfinite(np.linalg.norm(G)) and np.isfinite(new).all()):
+            new = theta  # the server refuses a step that overflows
+    return new, grads, kind
+
+
+@pytest.mark.parametrize("aggregator", list(AGGREGATORS))
+def test_malformed_message_matrix_over_ray(byzantine_trainer, problem, aggregator):
+    """16 kinds of message × this aggregator, sent by 3 byzantine actors over Ray: no crash,
+    θ finite every round, the malformed ones counted as rejected, and each round's θ equals
+    the step computed directly from the honest gradients and the valid messages."""
+    cfg = Config(seed=3, aggregator=aggregator, f=3, beta=0.15,
+                 rounds=ROUNDS_PER_KIND * len(KINDS))
+    states = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the mean's refused steps
+        hist = byzantine_trainer(cfg, checkpoint=states.append, checkpoint_every=1)
+    assert [s.round for s in states] == list(range(1, cfg.rounds + 1))
+    server = Server(cfg, problem)
+    before = server.initial_state()
+    rows = hist.metrics.set_index("round")
+    for t, after in enumerate(states):
+        assert np.isfinite(after.theta).all()
+        expected, honest, kind = _expected_step(cfg, server, problem, before, t)
+        np.testing.assert_array_equal(after.theta, expected, err_msg=f"round {t}: {kind}")
+        assert rows.loc[t + 1, "n_rejected"] == (0 if KINDS[kind] else len(BAD)), kind
+        if not KINDS[kind] and aggregator in ("mean", "nbs", "trimmed_mean", "median"):
+            # with f = βm = 3 rejected rows, these rules reduce to the mean (median) of the
+            # 17 valid honest messages: an independent check of "the honest result"
+            valid = np.delete(honest, BAD, axis=0)
+            ref = np.median(valid, axis=0) if aggregator == "median" else valid.mean(axis=0)
+            np.testing.assert_allclose(before.theta - after.theta, cfg.eta * ref,
+                                       rtol=1e-9, atol=1e-15)
+        before = after
+    refused = rows["steps_refused"] if "steps_refused" in rows else 0 * rows["n_rejected"]
+    if aggregator == "mean":  # 3 vectors of norm ~1e309 overflow the mean: both rounds refused
+        assert refused.iloc[-1] == ROUNDS_PER_KIND
+    else:  # the robust rules screen them
+        assert refused.eq(0).all()
+
+
+def test_worker_process_exiting_by_itself_rejoins(problem):
+    """A worker actor's process calls os._exit mid-run (not a ray.kill): its messages go
+    missing, Ray restarts it (a new pid, its shards reloaded), it rejoins, the run completes."""
+    import time
+
+    def exit_once(theta, t):
+        if t == 5:
+            os._exit(1)
+        time.sleep(0.01)  # slow rounds, so the restart (≈ 1–2 s) lands within the run
+        return np.zeros(theta.size)
+
+    cfg = Config(seed=3, rounds=300, eval_every=1, wrm=False)
+    with RayTrainer(problem, actors=4, byzantine_payload={0: exit_once}) as trainer:
+        pid_before = trainer.refresh_placement()[0]["pid"]
+        hist = trainer(cfg)
+        rejected = hist.metrics.set_index("round")["n_rejected"]
+        assert rejected.loc[:5].eq(0).all()
+        assert rejected.loc[6] == 5  # the dead actor's 5 logical workers
+        assert rejected.iloc[-50:].eq(0).all()  # restarted and answering again
+        assert np.isfinite(hist.theta).all()
+        pid_after = trainer.refresh_placement()[0]["pid"]
+        assert pid_after not in (None, pid_before)
+
+
+def _live_trainer() -> RayTrainer:
+    """The RayTrainer that train(engine='ray') made (to kill its server actor mid-run)."""
+    return next(o for o in gc.get_objects()
+                if isinstance(o, RayTrainer) and o._server is not None)
+
+
+def test_server_actor_killed_then_resumed_from_its_checkpoint(problem, tmp_path):
+    """ray.kill of the server actor mid-run: the driver raises ServerDiedError naming the
+    checkpoint folder; resume(dir, engine='ray') ends with the uninterrupted run's θ, bit for
+    bit, and its full history."""
+    import ray
+
+    cfg = Config(seed=3, alpha=0.15, attack="intelligent", rounds=1000, eval_every=10)
+    killed = []
+
+    def kill_server(row):
+        if row["round"] >= 200 and not killed:
+            killed.append(row["round"])
+            ray.kill(_live_trainer()._server, no_restart=True)
+
+    with pytest.raises(ServerDiedError, match=rf"server actor died.*{tmp_path}.*resume\("):
+        train(cfg, engine="ray", problem=problem, actors=2, checkpoint_dir=tmp_path,
+              checkpoint_every=50, progress=kill_server, progress_every=10)
+    assert killed
+    _, state = load_checkpoint(tmp_path)
+    assert 200 <= state.round < cfg.rounds  # the run really stopped midway
+    resumed = resume(tmp_path, engine="ray", problem=problem, actors=2)
+    reference = train(cfg, problem=problem)
+    assert resumed.theta.tobytes() == reference.theta.tobytes()
+    assert resumed.metrics["round"].tolist() == reference.metrics["round"].tolist()
+    np.testing.assert_array_equal(resumed.metrics["train_loss"], reference.metrics["train_loss"])
