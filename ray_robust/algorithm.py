@@ -240,6 +240,8 @@ class Server:
         state.round += 1
         if state.round % cfg.eval_every and state.round != cfg.rounds:
             return None
+        if cfg.wrm and cfg.epsilon_at(state.round - 1) is None:
+            self._check_concave(state)
         row = self.evaluate(state.theta)
         row.update(
             round=state.round, grad_norm=g_norm,
@@ -263,6 +265,23 @@ class Server:
                 f"Round {state.round + 1} of {cfg.rounds}: the run diverged: {n} of {m} "
                 f"workers' gradients overflowed (‖θ‖ = {norm:.3g}). The step size is too large "
                 f"for this problem: use a smaller eta (now {cfg.eta:g}), e.g. {cfg.eta / 10:g}."
+            )
+
+    def _check_concave(self, state: RunState) -> None:
+        """Warn once per run when λ ≤ L_zz/2 at the current θ: the WRM subproblem g(z) is then
+        not provably strongly concave (λ_g = 2λ − L_zz ≤ 0, Sec. VI-D), so the fixed T_z-step
+        ascent has no guarantee. Checked on evaluated rounds, as θ (hence L_zz) changes."""
+        if "concave" in self._warned:
+            return
+        lam, l_zz = self.config.lam, self.model.lipschitz_xx(state.theta)
+        if 2 * lam <= l_zz:
+            self._warned.add("concave")
+            warnings.warn(
+                f"Round {state.round}: λ = {lam:g} ≤ L_zz/2 = {l_zz / 2:.4g} at the current θ: "
+                f"the WRM subproblem g(z) = f(θ; z) − λ‖z − x‖² is not provably strongly "
+                f"concave (λ_g = 2λ − L_zz ≤ 0, Sec. VI-D), so its T_z-step ascent may not "
+                f"converge. Raise lam above {l_zz / 2:.4g} (warned once per run).",
+                GuaranteeWarning, stacklevel=3,
             )
 
     def _refuse_step(self, state: RunState) -> None:

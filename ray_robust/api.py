@@ -24,6 +24,14 @@ def load_problem(config: Config) -> Problem:
     """
     if config.label_column is not None:
         X, y = load_table(config.data_path, label=config.label_column)
+        binary = config.model in ("logistic", "mlp")
+        if binary and not np.isin(y, (0.0, 1.0)).all():
+            odd = sorted({float(v) for v in y[~np.isin(y, (0.0, 1.0))]})[:5]
+            raise ValueError(
+                f"The '{config.model}' model needs labels 0 or 1 in the column "
+                f"{config.label_column!r} of {config.data_path}. Got also {odd}; recode the "
+                f"labels, or use model='softmax' (labels 0, …, K − 1) or 'least_squares'."
+            )
     else:
         X, y = load_spambase(config.data_path)
     data_seq = np.random.SeedSequence(config.seed).spawn(4)[0]

@@ -177,6 +177,12 @@ class Config:
                 check_real(self.attack_scale, "attack_scale", owner)
         if self.eta_z is not None:
             check_real(self.eta_z, "eta_z", owner, low=0, low_open=True)
+        if self.n_byzantine >= m:
+            raise ValueError(
+                f"The 'alpha' parameter of the config must leave at least one honest worker: "
+                f"round(αm) = {self.n_byzantine} of the m = {m} workers would be byzantine. "
+                f"Got {self.alpha!r} instead; use alpha < {(m - 0.5) / m:.4g}."
+            )
         if self.aggregator == "nbs" and n_to_screen(self.beta, m) >= m:
             raise ValueError(
                 f"The 'beta' parameter of the config must leave NBS at least one of the "
