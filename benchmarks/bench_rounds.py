@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=30, help="rounds left out of the median")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per mode")
     parser.add_argument("--address", default=None, help="Ray cluster to join (default: local)")
+    parser.add_argument("--actors", nargs="*", default=["1"],
+                        help="further packings to time, as numbers of worker actors (default 1)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False)
     n_cpus = int(ray.cluster_resources().get("CPU", 0))
     trainers = {}
-    for packing in ("auto", "per-worker"):
+    for packing in ["auto", "per-worker", *(int(a) for a in args.actors)]:
         t0 = time.perf_counter()
         trainers[packing] = RayTrainer(problem, actors=packing)
         trainers[packing].startup = time.perf_counter() - t0
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             ratio_best = best[name] / (noop_best + best["in-process"])
             print(f"{name:<32}{len(trainer.groups):>7}{ms[name]:>10.3f}{noop:>9.3f}"
                   f"{ratio:>15.2f}{best[name]:>9.3f}{ratio_best:>8.2f}")
-        print(f"{'noop ' + packing:<32}{len(trainer.groups):>7}{noop:>10.3f}{'':>24}"
+        print(f"{f'noop {packing}':<32}{len(trainer.groups):>7}{noop:>10.3f}{'':>24}"
               f"{noop_best:>9.3f}")
     for packing, trainer in trainers.items():
         print(f"actor start-up, {packing}: {trainer.startup:.1f} s for "
