@@ -71,47 +71,13 @@ def nbs_standing(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def draw_heatmaps(summary: pd.DataFrame, path: str | Path) -> Path:
-    """One heatmap per (WRM, shift) panel: aggregators down, attacks across, mean error in
-    each cell (colour scale shared by all panels)."""
-    from matplotlib.figure import Figure
+    """One heatmap per (WRM, shift) panel: aggregators down, attacks across (the study's own
+    ``plot: {kind: heatmap}``, drawn from a summary CSV)."""
+    from .plots import draw_heatmaps as draw
 
-    tabs = panels(summary)
-    keys = sorted(tabs, key=lambda k: (k[1], k[0]))
-    shifts = sorted({k[1] for k in keys})
-    wrms = sorted({k[0] for k in keys})
-    first = tabs[keys[0]]
-    fig = Figure(figsize=(1.0 + 0.62 * first.shape[1] * len(wrms), 0.9 + 0.48 * first.shape[0]
-                          * len(shifts)), constrained_layout=True)
-    axes = np.atleast_2d(fig.subplots(len(shifts), len(wrms), squeeze=False))
-    vmax = max(float(np.nanmax(t.to_numpy())) for t in tabs.values())
-    image = None
-    for r, eps in enumerate(shifts):
-        for c, wrm in enumerate(wrms):
-            ax = axes[r, c]
-            table = tabs.get((wrm, eps))
-            if table is None:
-                ax.axis("off")
-                continue
-            vals = table.to_numpy(dtype=float)
-            image = ax.imshow(vals, cmap="viridis_r", vmin=0.0, vmax=vmax, aspect="auto")
-            for (i, j), v in np.ndenumerate(vals):
-                if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}"[1:] if v < 1 else f"{v:.1f}", ha="center",
-                            va="center", fontsize=6.5,
-                            color="white" if v > 0.55 * vmax else "black")
-            ax.set_xticks(range(vals.shape[1]), table.columns, rotation=60, ha="right",
-                          fontsize=7)
-            ax.set_yticks(range(vals.shape[0]), table.index, fontsize=7)
-            shift = "no shift" if eps == 0 else f"L2 shift ε = {eps:g}"
-            ax.set_title(f"{'WRM' if wrm else 'no WRM'}, {shift}", fontsize=9)
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label="test misclassification rate")
-    fig.suptitle("Aggregators × attacks on Spambase (αm = 3 of m = 20; mean over seeds)",
-                 fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    return path
+    return draw(_check(summary), path, x="attack", y="aggregator", row="shift_eps", col="wrm",
+                title="Aggregators × attacks on Spambase (αm = 3 of m = 20)",
+                label="test misclassification rate")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="heatmap PNG (default: next to the CSV)")
     args = p.parse_args(argv)
     src = Path(args.summary)
-    summary = pd.read_csv(src)
+    # the attack named "nan" must stay a string, not become a missing value
+    summary = pd.read_csv(src, keep_default_na=False, na_values=[""])
     png = draw_heatmaps(summary, args.out or src.with_name(src.stem.replace(
         "_summary", "") + "_heatmap.png"))
     standing = nbs_standing(summary)

@@ -11,6 +11,14 @@ import numpy as np
 import pandas as pd
 
 from .config import ALGORITHM_LABELS
+from .core.aggregators import AGGREGATORS
+from .core.attacks import ATTACKS
+
+REGISTRY_ORDER = {
+    "algorithm": list(ALGORITHM_LABELS),
+    "aggregator": list(AGGREGATORS),
+    "attack": ["none", *ATTACKS],
+}
 
 #: axis and legend names of the study parameters (the paper's symbols)
 PRETTY = {
@@ -45,8 +53,9 @@ def _num(v: Any) -> float | None:
 
 def _order(values: pd.Series) -> list:
     uniq = list(dict.fromkeys(values.tolist()))
-    if values.name == "algorithm":  # the paper's order: ERM, NBS, DRO, Alg. 2
-        rank = {a: i for i, a in enumerate(ALGORITHM_LABELS)}
+    registry = REGISTRY_ORDER.get(str(values.name))
+    if registry is not None:  # the paper's order (ERM, NBS, DRO, Alg. 2), or the registry's
+        rank = {a: i for i, a in enumerate(registry)}
         return sorted(uniq, key=lambda a: rank.get(a, len(rank)))
     try:
         return sorted(uniq)
@@ -61,6 +70,10 @@ def draw_study(study, summary: pd.DataFrame, path: str | Path) -> Path:
     from matplotlib.figure import Figure
 
     spec = dict(study.plot) or {"x": study.axes[0] if study.axes else "seed"}
+    if spec.get("kind") == "heatmap":
+        return draw_heatmaps(summary, path, x=spec["x"], y=spec["hue"], row=spec.get("row"),
+                             col=spec.get("col"), title=spec.get("title") or study.name,
+                             label=spec.get("ylabel") or "mean over seeds")
     x, hue = spec["x"], spec.get("hue")
     rows_key, cols_key = spec.get("row"), spec.get("col")
     row_vals = _order(summary[rows_key]) if rows_key else [None]
@@ -140,3 +153,51 @@ def _draw_panel(ax, part: pd.DataFrame, spec: dict, x: str, hue: str | None) -> 
                         xytext=(-3, 0), textcoords="offset points", fontsize=8, color="grey",
                         rotation=90, ha="right", va="center")
     ax.grid(alpha=0.3)
+
+
+def draw_heatmaps(summary: pd.DataFrame, path: str | Path, *, x: str, y: str,
+                  row: str | None = None, col: str | None = None, title: str = "",
+                  label: str = "mean over seeds") -> Path:
+    """One heatmap per (row, col) panel: ``y`` down, ``x`` across, the seed-mean in each cell,
+    one colour scale for all panels (``plot: {kind: heatmap, x: …, hue: …}`` in a study)."""
+    from matplotlib.figure import Figure
+
+    row_vals = _order(summary[row]) if row else [None]
+    col_vals = _order(summary[col]) if col else [None]
+    xs, ys = _order(summary[x]), _order(summary[y])
+    fig = Figure(figsize=(max(7.0, 1.5 + 0.62 * len(xs) * len(col_vals)),
+                          1.2 + 0.48 * len(ys) * len(row_vals)), constrained_layout=True)
+    axes = fig.subplots(len(row_vals), len(col_vals), squeeze=False)
+    vmax = float(np.nanmax(summary["mean"].to_numpy(float))) if len(summary) else 1.0
+    image = None
+    for r, rv in enumerate(row_vals):
+        for c, cv in enumerate(col_vals):
+            ax, part = axes[r][c], summary
+            if row:
+                part = part[part[row] == rv]
+            if col:
+                part = part[part[col] == cv]
+            vals = part.pivot_table(index=y, columns=x, values="mean").reindex(
+                index=ys, columns=xs).to_numpy(float)
+            image = ax.imshow(vals, cmap="viridis_r", vmin=0.0, vmax=vmax, aspect="auto")
+            for (i, j), v in np.ndenumerate(vals):
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.2f}"[1:] if 0 <= v < 1 else f"{v:.1f}", ha="center",
+                            va="center", fontsize=6.5,
+                            color="white" if v > 0.55 * vmax else "black")
+            ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=60, ha="right",
+                          fontsize=7)
+            ax.set_yticks(range(len(ys)), [str(v) for v in ys], fontsize=7)
+            panel = [t for t in (row and _label(rv, row, None), col and _label(cv, col, None))
+                     if t]
+            if panel:
+                ax.set_title(", ".join(panel), fontsize=9)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label=label)
+    n_seeds = int(summary["n_seeds"].max()) if "n_seeds" in summary and len(summary) else 0
+    fig.suptitle(f"{title}\n(mean over {n_seeds} seed{'s' if n_seeds != 1 else ''})"
+                 if n_seeds else title, fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    return path

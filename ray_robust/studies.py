@@ -222,10 +222,13 @@ def _check_plot(study: Study, where: str) -> None:
     bad = sorted(set(plot) - set(PLOT_KEYS))
     if bad:
         raise _study_error(where, f"unknown plot key(s) {bad}; valid ones: {list(PLOT_KEYS)}.")
-    if plot.get("kind", "line") not in ("line", "bar"):
-        raise _study_error(where, f"plot 'kind' must be 'line' or 'bar'. Got {plot['kind']!r}.")
+    if plot.get("kind", "line") not in ("line", "bar", "heatmap"):
+        raise _study_error(where, "plot 'kind' must be 'line', 'bar' or 'heatmap'. "
+                                  f"Got {plot['kind']!r}.")
     if "x" not in plot:
         raise _study_error(where, "the plot needs an 'x' column.")
+    if plot.get("kind") == "heatmap" and "hue" not in plot:
+        raise _study_error(where, "a heatmap needs 'hue': the column drawn down its rows.")
     columns = set(study.param_space) | set(DERIVED) | {"algorithm"}
     if study.eval_shift_eps:
         columns.add("shift_eps")
