@@ -55,7 +55,8 @@ TRIAL_KEYS: dict[str, str] = {
     "actors": "engine 'ray' inside a trial: worker actors to start, an int or 'per-worker' "
               "(default 1); the trial reserves one CPU bundle per actor",
 }
-STUDY_KEYS = ("name", "description", "param_space", "metric", "mode", "quick", "plot")
+STUDY_KEYS = ("name", "description", "param_space", "metric", "mode", "quick", "plot",
+              "max_failures")
 PLOT_KEYS = ("x", "y", "hue", "kind", "col", "row", "reduce", "xlabel", "ylabel", "title",
              "vlines", "logx", "hue_labels", "ylim")
 DERIVED = {"alpha_m": "αm, the number of byzantine workers",
@@ -87,6 +88,8 @@ class Study:
     plot: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     quick: bool = False
+    #: Tune retries of a failed trial (FailureConfig.max_failures; from its last checkpoint)
+    max_failures: int = 0
 
     @property
     def axes(self) -> list[str]:
@@ -111,7 +114,8 @@ class Study:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description,
                 "param_space": copy.deepcopy(self.param_space), "metric": self.metric,
-                "mode": self.mode, "plot": copy.deepcopy(self.plot), "quick": self.quick}
+                "mode": self.mode, "plot": copy.deepcopy(self.plot), "quick": self.quick,
+                "max_failures": self.max_failures}
 
 
 def load_study(source: str | os.PathLike | Mapping, quick: bool = False) -> Study:
@@ -156,8 +160,13 @@ def load_study(source: str | os.PathLike | Mapping, quick: bool = False) -> Stud
     mode = raw.get("mode", "min")
     if mode not in ("min", "max"):
         raise _study_error(where, f"'mode' must be 'min' or 'max'. Got {mode!r}.")
+    retries = raw.get("max_failures", 0)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < -1:
+        raise _study_error(where, f"'max_failures' must be an int >= -1 (Tune's retries of a "
+                                  f"failed trial; -1: unlimited). Got {retries!r}.")
     study = Study(name=name, param_space=space, metric=raw.get("metric", "error"), mode=mode,
-                  plot=plot, description=str(raw.get("description", "")).strip(), quick=quick)
+                  plot=plot, description=str(raw.get("description", "")).strip(), quick=quick,
+                  max_failures=retries)
     _check_study(study, where)
     return study
 
@@ -584,6 +593,7 @@ def run_study_full(
                 callbacks=[_trial_log_class()(n_trials, say, study.axes)] if log and verbose == 0
                 else None,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                failure_config=tune.FailureConfig(max_failures=study.max_failures),
             ),
         )
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
