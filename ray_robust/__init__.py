@@ -5,7 +5,7 @@ Distributional Shifts and Byzantine Attacks" (IEEE TNNLS 2025, arXiv 2210.16682)
 in-process engine and a Ray actor engine that share one numerical core (``ray_robust.core``).
 """
 
-from .algorithm import History
+from .algorithm import DivergenceError, History
 from .api import load_problem, resume, train
 from .config import ALGORITHMS, Config, GuaranteeWarning
 from .core.aggregators import AggregationError, mean, nbs
@@ -18,6 +18,7 @@ __all__ = [
     "PAPER_TABLE1",
     "AggregationError",
     "Config",
+    "DivergenceError",
     "GuaranteeWarning",
     "History",
     "Problem",
