@@ -197,6 +197,17 @@ def test_progress_reaches_the_driver(trainers, problem):
     assert rows[-1]["train_loss"] == hist.final["train_loss"]
 
 
+def test_warnings_of_the_server_reach_the_driver(trainers, problem):
+    from ray_robust.config import GuaranteeWarning
+
+    cfg = make_config(algorithm="dro", attack="aggressive")
+    with pytest.warns(GuaranteeWarning, match="not provably strongly concave") as local:
+        train(cfg, problem=problem)
+    with pytest.warns(GuaranteeWarning, match="not provably strongly concave") as remote:
+        trainers("auto")(cfg)
+    assert [str(w.message) for w in remote] == [str(w.message) for w in local]
+
+
 def test_configs_must_match_the_trainers_problem(trainers):
     trainer = trainers("auto")
     trainer(make_config(algorithm="erm", rounds=1))

@@ -59,6 +59,7 @@ import contextlib
 import copy
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -242,12 +243,19 @@ class _ServerActor:
         progress_every: int,
         checkpoint_every: int = 0,
         state: RunState | None = None,
-    ) -> History:
+    ) -> tuple[History, list[tuple[type[Warning], str]]]:
         """One run of Algorithm 2 (or a baseline) over the worker actors.
 
         Progress rows and checkpoint snapshots (copies of the :class:`RunState`) are queued
-        as ``("progress", row)`` / ``("checkpoint", state)`` events for :meth:`poll`.
+        as ``("progress", row)`` / ``("checkpoint", state)`` events for :meth:`poll`. Returns
+        the history and the warnings the run raised here (the driver re-issues them).
         """
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # the driver's filters decide what is shown
+            hist = self._train(config, progress_every, checkpoint_every, state)
+        return hist, [(w.category, str(w.message)) for w in caught]
+
+    def _train(self, config, progress_every, checkpoint_every, state) -> History:
         server = Server(config, self.problem)
         state = server.initial_state() if state is None else state
         self._events.clear()
@@ -490,7 +498,10 @@ class RayTrainer:
                             checkpoint(payload)
                     if done:
                         break
-            return ray.get(fut)
+            hist, caught = ray.get(fut)
+            for category, message in caught:  # as the in-process engine would have warned
+                warnings.warn(message, category, stacklevel=2)
+            return hist
         except RayTaskError as exc:
             if isinstance(exc.cause, AggregationError | DivergenceError):
                 raise type(exc.cause)(str(exc.cause)) from None
