@@ -10,6 +10,7 @@ numpy in one call, the Ray engine gathers them from worker actors.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -302,8 +303,11 @@ class Server:
         cfg, t = self.config, state.round
         eps = cfg.epsilon_at(t)
         state.totals["wrm_steps"] = state.totals.get("wrm_steps", 0) + info["wrm_steps"]
-        info = dict(info, epsilon=eps, wrm_steps_total=state.totals["wrm_steps"],
-                    wrm_certificate_mean=info["wrm_certificate_sum"] / max(info["wrm_samples"], 1))
+        info = dict(info)
+        cert_sum = math.fsum(info.pop("wrm_certificate_sums", ()))
+        info.update(epsilon=eps, wrm_steps_total=state.totals["wrm_steps"],
+                    wrm_certificate_sum=cert_sum,
+                    wrm_certificate_mean=cert_sum / max(info["wrm_samples"], 1))
         if info.get("wrm_uncertified") and "uncertified" not in self._warned:
             self._warned.add("uncertified")
             l_zz = self.model.lipschitz_xx(state.theta)
@@ -400,7 +404,8 @@ def poison_shards(config: Config, model, shards: Shards) -> Shards:
 
 
 def merge_worker_info(infos: Sequence[dict]) -> dict:
-    """Combine the statistics dicts of several worker groups (sums; ``*_max`` keys: maxima)."""
+    """Combine the statistics dicts of several worker groups (sums; ``*_max`` keys: maxima;
+    tuples of per-shard values are concatenated)."""
     out: dict = {}
     for info in infos:
         for key, value in info.items():

@@ -54,20 +54,11 @@ def trainers(problem):
         trainer.close()
 
 
-#: Float sums over shards reported by certified-ε workers: summed per actor, then over actors,
-#: so the order of additions (not the values added) depends on the packing.
-SUMMED_STATS = ["wrm_certificate_sum", "wrm_certificate_mean"]
-
-
 def assert_same_run(ray_hist, local_hist):
     np.testing.assert_array_equal(ray_hist.theta, local_hist.theta)  # bit for bit
     np.testing.assert_array_equal(ray_hist.byzantine, local_hist.byzantine)
-    exact = [c for c in local_hist.metrics.columns if c not in SUMMED_STATS]
-    pd.testing.assert_frame_equal(ray_hist.metrics[exact], local_hist.metrics[exact],
-                                  check_exact=True)
-    summed = [c for c in SUMMED_STATS if c in local_hist.metrics.columns]
-    pd.testing.assert_frame_equal(ray_hist.metrics[summed], local_hist.metrics[summed],
-                                  check_exact=False, rtol=1e-12, atol=0)
+    # every metric too, certified-ε statistics included (per-shard sums added with math.fsum)
+    pd.testing.assert_frame_equal(ray_hist.metrics, local_hist.metrics, check_exact=True)
 
 
 @pytest.mark.parametrize("attack", ["aggressive", "intelligent"])

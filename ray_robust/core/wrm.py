@@ -189,8 +189,9 @@ def local_gradients_certified(
     ‖∇g(z)‖/λ_g ≤ ε, or ``t_z_max`` steps. Returns the ``(k, p)`` gradients and the round's
     statistics, mergeable over shard groups (sums; ``*_max``: maxima): ``wrm_steps`` (ascent
     steps summed over shards), ``wrm_steps_max``, ``wrm_certificate_max``,
-    ``wrm_certificate_sum`` and ``wrm_samples`` (for the mean), ``wrm_capped`` (shards that hit
-    the cap uncertified) and ``wrm_uncertified`` (shards where λ_g ≤ 0: no certificate exists).
+    ``wrm_certificate_sums`` (per shard) and ``wrm_samples`` (for the mean), ``wrm_capped``
+    (shards that hit the cap uncertified) and ``wrm_uncertified`` (shards where λ_g ≤ 0: no
+    certificate exists).
     """
     if not hasattr(model, "lipschitz_xx"):
         raise ValueError(
@@ -216,7 +217,9 @@ def local_gradients_certified(
         "wrm_steps": int(steps.sum()),
         "wrm_steps_max": int(steps.max(initial=0)),
         "wrm_certificate_max": float(worst.max(initial=0.0)),
-        "wrm_certificate_sum": float(real.sum()),
+        # one sum per shard; the server adds them with math.fsum (exactly rounded, so the
+        # total does not depend on how shards are grouped into actors)
+        "wrm_certificate_sums": tuple(float(v) for v in real.sum(axis=-1)),
         "wrm_samples": int(mask.sum()),
         "wrm_capped": int(((worst > epsilon) & ~np.isinf(worst)).sum()),
         "wrm_uncertified": int(worst.size) if uncertified else 0,
