@@ -1,6 +1,6 @@
 """Cost of one aggregation per rule (issue 6): median of repeated calls on an (m, p) array.
 
-    python benchmarks/bench_aggregators.py [--reps 20]
+    python -m benchmarks.bench_aggregators [--reps 20]
 
 Prints milliseconds per call for m ∈ {20, 100, 400} workers and p ∈ {58, 1000} parameters
 (f = ⌊(m − 3)/4⌋ so that Bulyan's n ≥ 4f + 3 holds). Krum, Multi-Krum and Bulyan build the
@@ -10,11 +10,13 @@ m × m distance matrix once by the Gram trick; Bulyan then runs m − 2f vectori
 from __future__ import annotations
 
 import argparse
-import time
+import functools
 
 import numpy as np
 
 from ray_robust.core.aggregators import AGGREGATORS
+
+from .common import interleaved, seconds_of
 
 
 def bench(reps: int) -> None:
@@ -27,12 +29,9 @@ def bench(reps: int) -> None:
         for m, _, G in cases:
             kw = {"beta": 0.15, "f": (m - 3) // 4, "clip_tau": 0.1, "clip_iters": 1}
             kwargs = {k: kw[k] for k in fields}
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                fn(G, **kwargs)
-                times.append(time.perf_counter() - t0)
-            cells.append(f"{1e3 * float(np.median(times)):14.3f}")
+            call = functools.partial(fn, G, **kwargs)
+            ms = interleaved({name: lambda call=call: seconds_of(call)}, reps)
+            cells.append(f"{1e3 * ms[name]:14.3f}")
         print(f"{name:>18} " + " ".join(cells))
 
 

@@ -7,7 +7,10 @@ median over the rounds after ``--warmup``; modes run interleaved ``--repeats`` t
 median of the medians is printed. The no-op round trip calls a method of the same worker
 actors that returns a zero message of the same size, from the same server actor.
 
-    python benchmarks/bench_rounds.py [--rounds 300] [--repeats 3]
+    python -m benchmarks.bench_rounds [--rounds 300] [--repeats 3]
+
+The summary ratio is benchmark P1 of ``python -m benchmarks``; this script adds the other
+packings and the driver-side gathering.
 
 Target (issue 3): Ray with ``actors="auto"`` ≤ 1.3 × (no-op round trip + in-process round).
 """
@@ -21,22 +24,12 @@ import warnings
 
 import numpy as np
 
-from ray_robust.algorithm import Server, honest_gradients, run
+from ray_robust.algorithm import Server, run
 from ray_robust.api import load_problem
 from ray_robust.config import Config
 from ray_robust.reproduce import ENVIRONMENTS, PAPER_SETTING
 
-
-def local_round_seconds(cfg: Config, problem) -> np.ndarray:
-    server = Server(cfg, problem)
-    starts: list[float] = []
-
-    def compute(theta, t):
-        starts.append(time.perf_counter())
-        return honest_gradients(cfg, server.model, theta, problem.shards, t)
-
-    run(server, compute)
-    return np.diff(starts)
+from .common import local_round_seconds
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,224 @@
+"""The performance benchmarks P1–P6 of issue 8, each a function ``(quick) -> list[Result]``.
+
+Every ratio is measured side by side in one run (modes interleaved, medians); see
+:mod:`benchmarks.common`. Full sizes are the issue's; ``quick`` shrinks each to seconds so CI
+checks the code still runs (its ratios mean nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ray_robust.config import Config
+from ray_robust.core.aggregators import nbs
+from ray_robust.data import make_synthetic, prepare
+
+from .common import (
+    PeakSampler,
+    Result,
+    interleaved,
+    local_round_seconds,
+    ray_pss,
+    seconds_of,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE1 = ROOT / "tune_configs" / "table1.yaml"
+MiB = 2.0**20
+
+
+def _config(**values) -> Config:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # β = α is the paper's setting
+        return Config.from_dict(values)
+
+
+def _synthetic_problem(n: int, d: int, m: int):
+    """make_synthetic + prepare without standardization (x ~ N(0, I) already), no extra copy
+    of the raw data kept."""
+    X, y = make_synthetic(n, d, seed=0)
+    problem = prepare(X, y, n_workers=m, standardize="none", seed=0)
+    del X, y
+    return problem
+
+
+def _data_bytes(problem) -> int:
+    return problem.X_train.nbytes + problem.X_test.nbytes
+
+
+# ---- P1: paper scale, Ray round vs no-op round trip + in-process round ---------------------
+
+
+def p1(quick: bool) -> list[Result]:
+    from ray_robust.api import load_problem
+    from ray_robust.engines.ray_engine import RayTrainer
+    from ray_robust.reproduce import ENVIRONMENTS, PAPER_SETTING
+
+    rounds, skip, repeats = (20, 5, 1) if quick else (200, 20, 5)
+    cfg = _config(**{**PAPER_SETTING, **ENVIRONMENTS["E1"], "algorithm": "alg2",
+                     "rounds": rounds, "seed": 0})
+    problem = load_problem(cfg)
+    with RayTrainer(problem, actors="auto") as trainer:
+        def ray_round():
+            trainer(cfg)
+            return trainer.round_seconds()[skip:]
+
+        ms = interleaved({
+            "local": lambda: local_round_seconds(cfg, problem, skip),
+            "ray": ray_round,
+            "noop": lambda: trainer.time_noop(cfg, rounds)[skip:],
+        }, repeats)
+        n_actors = len(trainer.groups)
+    work = f"Spambase, m = 20, T_z = 10, Alg. 2 (E1), {n_actors} worker actors"
+    return [
+        Result("P1", "ray auto ÷ (noop + in-process) per round",
+               ms["ray"] / (ms["noop"] + ms["local"]), "≤ 1.3", ms["ray"],
+               ms["noop"] + ms["local"],
+               note=f"{work}; noop {1e3 * ms['noop']:.2f} ms, in-process "
+                    f"{1e3 * ms['local']:.3f} ms"),
+        Result("P1", "ray auto ÷ in-process per round", ms["ray"] / ms["local"], "",
+               ms["ray"], ms["local"], note=work),
+    ]
+
+
+# ---- P2 and P5: 2,000,000 × 100, m = 100 ---------------------------------------------------
+
+
+def p2_p5(quick: bool, ray_too: bool = True) -> list[Result]:
+    n, d, m = (20_000, 20, 10) if quick else (2_000_000, 100, 100)
+    rounds, skip, repeats = (4, 1, 1) if quick else (6, 1, 3)
+    problem = _synthetic_problem(n, d, m)
+    base = dict(n_workers=m, t_z=10, lam=3.0, eta_z=0.05, eta=1.0, rounds=rounds,
+                eval_every=rounds, standardize="none", seed=0)
+    alg2, erm = _config(**base, algorithm="alg2"), _config(**base, algorithm="erm")
+    modes = {
+        "alg2": lambda: local_round_seconds(alg2, problem, skip),
+        "erm": lambda: local_round_seconds(erm, problem, skip),
+    }
+    work = (f"synthetic {n:,} × {d}, m = {m}, T_z = 10, evaluated once at round T = {rounds} "
+            "(eval_every = T: per-round times exclude the train-loss pass)")
+    out: list[Result] = []
+    if ray_too:
+        from ray_robust.engines.ray_engine import RayTrainer
+
+        trainer = None
+
+        def make():
+            nonlocal trainer
+            trainer = RayTrainer(problem, actors="auto")
+
+        startup = seconds_of(make)
+        assert trainer is not None
+
+        def ray_round():
+            trainer(alg2)
+            return trainer.round_seconds()[skip:]
+
+        modes["ray"] = ray_round
+        try:
+            ms = interleaved(modes, repeats)
+        finally:
+            n_actors = len(trainer.groups)
+            trainer.close()
+        out.append(Result(
+            "P2", "in-process ÷ ray auto per round", ms["alg2"] / ms["ray"], "≥ 1.6",
+            ms["alg2"], ms["ray"],
+            note=f"{work}; {n_actors} worker actors; RayTrainer start-up {startup:.1f} s "
+                 f"(puts {_data_bytes(problem) / 2**30:.2f} GiB problem + shards)"))
+    else:
+        ms = interleaved(modes, repeats)
+    out.append(Result("P5", "Alg. 2 (T_z = 10) ÷ ERM per round, in-process",
+                      ms["alg2"] / ms["erm"], "≤ 1.2", ms["alg2"], ms["erm"], note=work))
+    return out
+
+
+# ---- P3: Table I with 5 seeds through `ray-robust tune` -------------------------------------
+
+
+def p3(quick: bool) -> list[Result]:
+    from ray_robust.studies import load_study, run_grid_local
+
+    study = load_study(TABLE1, quick=quick)
+    n_trials = len(study.trial_configs())
+    cores = os.cpu_count() or 1
+    serial = seconds_of(lambda: run_grid_local(study))
+    with tempfile.TemporaryDirectory() as storage:
+        cmd = [sys.executable, "-m", "ray_robust.cli", "tune", str(TABLE1), "--storage",
+               storage, *(["--quick"] if quick else [])]
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        proc = None
+
+        def call():
+            nonlocal proc
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+
+        wall = seconds_of(call)
+        assert proc is not None
+        if proc.returncode != 0:
+            raise RuntimeError(f"`ray-robust tune` failed ({proc.returncode}):\n"
+                               f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return [Result(
+        "P3", "tune wall ÷ (Σ in-process trial time ÷ cores)", wall / (serial / cores), "≤ 1.5",
+        wall, serial / cores,
+        note=f"`ray-robust tune {TABLE1.relative_to(ROOT)}{' --quick' if quick else ''}`: "
+             f"{n_trials} trials, T = {study.param_space['rounds']}; wall includes Ray "
+             f"start-up; Σ in-process = {serial:.1f} s (run_grid_local), {cores} cores")]
+
+
+# ---- P4: m = 1000 logical workers, memory -------------------------------------------------
+
+
+def p4(quick: bool) -> list[Result]:
+    """Peak PSS of this driver's Ray processes during a run, sampled every 0.2 s. The fixed
+    Ray overhead is measured, not assumed: the same run (same m, actors, rounds) on a data set
+    100× smaller, whose own size is then negligible."""
+    from ray_robust.engines.ray_engine import RayTrainer
+
+    n, d, m = (20_000, 10, 100) if quick else (200_000, 50, 1000)
+    rounds = 5 if quick else 20
+    cfg = _config(n_workers=m, t_z=10, algorithm="alg2", rounds=rounds, eval_every=1,
+                  standardize="none", seed=0)
+    idle = ray_pss()
+    peaks = {}
+    for size in (n // 100, n):  # the small run first: the fixed overhead
+        problem = _synthetic_problem(max(size, 2 * m), d, m)
+        with PeakSampler() as peak:
+            with RayTrainer(problem, actors="auto") as trainer:
+                trainer(cfg)
+                n_actors = len(trainer.groups)
+        peaks[size] = peak
+    data = _data_bytes(problem)
+    fixed, big = peaks[n // 100].peak_ray, peaks[n].peak_ray
+    return [
+        Result("P4", "peak Ray PSS ÷ data", big / data, "", big, data, unit="B",
+               note=f"synthetic {n:,} × {d} ({data / MiB:.0f} MiB), m = {m}, {n_actors} worker "
+                    f"actors + server actor, Alg. 2, {rounds} rounds: completed"),
+        Result("P4", "(peak Ray PSS − fixed Ray overhead) ÷ data", (big - fixed) / data, "≤ 2",
+               big - fixed, data, unit="B",
+               note=f"fixed = peak of the same run on {max(n // 100, 2 * m):,} × {d} = "
+                    f"{fixed / MiB:.0f} MiB (idle Ray before: {idle / MiB:.0f} MiB); driver "
+                    f"peak PSS {peaks[n].peak_driver / MiB:.0f} MiB (not counted)"),
+    ]
+
+
+# ---- P6: NBS on m = 10,000 × d = 10,000 ---------------------------------------------------
+
+
+def p6(quick: bool) -> list[Result]:
+    m, d = (1000, 1000) if quick else (10_000, 10_000)
+    repeats = 3 if quick else 5
+    G = np.random.default_rng(0).standard_normal((m, d))
+    ms = interleaved({
+        "nbs": lambda: seconds_of(lambda: nbs(G, beta=0.15)),
+        "norms": lambda: seconds_of(lambda: np.linalg.norm(G, axis=1)),
+    }, repeats)
+    return [Result("P6", "NBS ÷ one norm pass (np.linalg.norm(G, axis=1))",
+                   ms["nbs"] / ms["norms"], "≤ 2", ms["nbs"], ms["norms"],
+                   note=f"m = {m:,} vectors of d = {d:,} ({G.nbytes / MiB:.0f} MiB), β = 0.15")]
