@@ -217,8 +217,13 @@ def p6(quick: bool) -> list[Result]:
     G = np.random.default_rng(0).standard_normal((m, d))
     ms = interleaved({
         "nbs": lambda: seconds_of(lambda: nbs(G, beta=0.15)),
-        "norms": lambda: seconds_of(lambda: np.linalg.norm(G, axis=1)),
+        "norms": lambda: seconds_of(lambda: np.sqrt(np.einsum("ij,ij->i", G, G))),
+        "linalg": lambda: seconds_of(lambda: np.linalg.norm(G, axis=1)),
     }, repeats)
-    return [Result("P6", "NBS ÷ one norm pass (np.linalg.norm(G, axis=1))",
-                   ms["nbs"] / ms["norms"], "≤ 2", ms["nbs"], ms["norms"],
-                   note=f"m = {m:,} vectors of d = {d:,} ({G.nbytes / MiB:.0f} MiB), β = 0.15")]
+    work = f"m = {m:,} vectors of d = {d:,} ({G.nbytes / MiB:.0f} MiB), β = 0.15"
+    return [
+        Result("P6", "NBS ÷ one norm pass (sqrt of einsum('ij,ij->i'))",
+               ms["nbs"] / ms["norms"], "≤ 2", ms["nbs"], ms["norms"], note=work),
+        Result("P6", "NBS ÷ np.linalg.norm(G, axis=1)", ms["nbs"] / ms["linalg"], "",
+               ms["nbs"], ms["linalg"], note=work + " (linalg.norm squares into a temporary)"),
+    ]

@@ -52,6 +52,25 @@ def finite_rows(grads: np.ndarray) -> np.ndarray:
     return np.isfinite(grads).all(axis=1)
 
 
+def row_norms(grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(valid, norms)`` of an ``(m, p)`` array in one pass over it (no temporary copy).
+
+    ``valid``: rows with all entries finite; ``norms``: their Euclidean norms, ``inf`` for
+    invalid rows. A valid row's norm may overflow to ``inf`` (entries near 1e308): it then
+    sorts last, as a huge row should. Only rows whose squared norm is not finite are checked
+    entry by entry.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        sq = np.einsum("ij,ij->i", grads, grads)
+    valid = np.isfinite(sq)
+    odd = np.flatnonzero(~valid)
+    if odd.size:
+        valid[odd] = np.isfinite(grads[odd]).all(axis=1)
+    norms = np.sqrt(sq)
+    norms[~valid] = np.inf
+    return valid, norms
+
+
 def n_to_screen(beta: float, m: int) -> int:
     """⌊βm⌉, the number of inputs NBS drops: βm rounded to the nearest integer, halves up."""
     return math.floor(beta * m + 0.5 + 1e-9)
@@ -91,12 +110,7 @@ def nbs(grads: np.ndarray, beta: float, weights: np.ndarray | None = None) -> Ag
             f"The 'beta' parameter of NBS must leave at least one input: β = {beta:g} screens "
             f"all {m}. Use a smaller beta."
         )
-    valid = finite_rows(grads)
-    norms = np.full(m, np.inf)
-    # Norms of the valid rows only; np.linalg.norm of a row can overflow to inf (1e308 entries),
-    # which still sorts it last.
-    with np.errstate(over="ignore"):
-        norms[valid] = np.linalg.norm(grads[valid], axis=1)
+    valid, norms = row_norms(grads)
     if n_keep < m:
         idx = np.argpartition(norms, n_keep - 1)[:n_keep]
     else:
@@ -109,6 +123,8 @@ def nbs(grads: np.ndarray, beta: float, weights: np.ndarray | None = None) -> Ag
             f"NBS: no valid message among the {n_keep} smallest of {m} "
             f"({m - int(valid.sum())} malformed or missing)."
         )
+    if weights is None:  # = grads[kept].mean(axis=0), bit for bit, without copying the rows
+        return Aggregation(np.add.reduce(grads, axis=0, where=kept[:, None]) / kept.sum(), kept)
     return Aggregation(_average(grads, kept, weights), kept)
 
 
