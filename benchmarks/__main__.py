@@ -69,7 +69,7 @@ def run(ids: list[str], quick: bool, log=print) -> list[Result]:
         finally:
             ray.shutdown()
     if "P5" in ids and "P2" not in ids:
-        step("P5", lambda: suite.p2_p5(quick, ray_too=False))
+        step("P5", lambda: [r for r in suite.p2_p5(quick, ray_too=False) if r.id in ids])
     if "P3" in ids:
         step("P3", lambda: suite.p3(quick))
     return results
