@@ -7,10 +7,11 @@ the same run. Absolute times are context only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -55,6 +56,39 @@ def local_round_seconds(cfg, problem, skip: int = 0) -> np.ndarray:
 
     run(server, compute)
     return np.diff(starts)[skip:]
+
+
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[bool]:
+    """Limit numpy's OpenBLAS to ``n`` threads inside the block (ctypes into the loaded
+    library; threadpoolctl is not a dependency). Yields False, changing nothing, when no
+    OpenBLAS with a known setter is loaded."""
+    import ctypes
+
+    with open("/proc/self/maps") as fh:
+        paths = sorted({ln.split()[-1] for ln in fh if "openblas" in ln.lower() and "/" in ln})
+    lib = setter = getter = None
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                if hasattr(lib, f"{prefix}_set_num_threads{suffix}"):
+                    setter = getattr(lib, f"{prefix}_set_num_threads{suffix}")
+                    getter = getattr(lib, f"{prefix}_get_num_threads{suffix}")
+                    break
+            if setter:
+                break
+        if setter:
+            break
+    if setter is None:
+        yield False
+        return
+    before = int(getter())
+    setter(n)
+    try:
+        yield True
+    finally:
+        setter(before)
 
 
 # ---- results -----------------------------------------------------------------------------
