@@ -108,7 +108,7 @@ def load_spambase(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np
         p = Path(env) / SPAMBASE_FILE
         if p.is_file():
             return _read_cached(p)
-        looked.append(f"{p} (from RAY_ROBUST_DATA_DIR)")
+        looked.append(f"{p.resolve()} (from RAY_ROBUST_DATA_DIR={env})")
     cached = cache_dir() / SPAMBASE_FILE
     if cached.is_file():
         return _read_cached(cached)

@@ -565,7 +565,9 @@ def run_study_full(
                                  "it, --overwrite to start again, or another --storage.")
             shutil.rmtree(exp)
     if not ray.is_initialized():
-        env = {k: os.environ[k] for k in ("RAY_ROBUST_DATA_DIR",) if k in os.environ}
+        # absolute: trials run in their own working directories (and on other nodes)
+        env = {k: str(Path(os.environ[k]).resolve()) for k in ("RAY_ROBUST_DATA_DIR",)
+               if k in os.environ}
         # "local": a new instance, never another user's cluster found in /tmp/ray
         target = address or os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=target, include_dashboard=False, log_to_driver=False,

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("RAY_ROBUST_DATA_DIR", ROOT.parent / "shared" / "data"))
-os.environ.setdefault("RAY_ROBUST_DATA_DIR", str(DATA_DIR))
+DATA_DIR = Path(os.environ.get("RAY_ROBUST_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
+# absolute: Tune trials, Ray workers and subprocesses run in other working directories
+os.environ["RAY_ROBUST_DATA_DIR"] = str(DATA_DIR)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
