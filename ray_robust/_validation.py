@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
 
 
 def _fail(name: str, owner: str, expected: str, value: object, hint: str = "") -> ValueError:
@@ -59,3 +61,25 @@ def check_choice(value: object, name: str, owner: str, choices: Iterable[str]) -
     if not isinstance(value, str) or value not in valid:
         raise _fail(name, owner, f"one of {valid}", value)
     return value
+
+
+def load_yaml_mapping(path: str | Path, kind: str, expected: str) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; one clear error for a missing file
+    (``FileNotFoundError``), malformed YAML or another top-level type (``ValueError``).
+
+    ``kind`` names the file ("config", "study"); ``expected`` says what the mapping holds.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"No {kind} file at {p}.")
+    try:
+        values = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"The {kind} file {p} is not valid YAML: {exc}".replace("\n", " ")) \
+            from None
+    if not isinstance(values, dict):
+        raise ValueError(f"The {kind} file {p} must hold a mapping {expected}, not "
+                         f"{type(values).__name__}.")
+    return values

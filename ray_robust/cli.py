@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ._validation import load_yaml_mapping
 from .config import ALGORITHMS, Config
 
 
@@ -89,20 +90,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"No config file at {p}.")
-    try:
-        values = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{p} is not valid YAML: {exc}".replace("\n", " ")) from None
-    if not isinstance(values, dict):
-        raise ValueError(
-            f"{p} must hold a mapping of config parameters, not {type(values).__name__}."
-        )
-    return values
+    return load_yaml_mapping(path, "config", "of config parameters")
 
 
 def _say(text: str) -> None:

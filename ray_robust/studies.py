@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._validation import load_yaml_mapping
 from .algorithm import METRICS, RunState, Server, run
 from .config import ALGORITHMS, Config
 from .core.aggregators import n_to_screen
@@ -172,18 +173,7 @@ def load_study(source: str | os.PathLike | Mapping, quick: bool = False) -> Stud
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    if not path.is_file():
-        raise FileNotFoundError(f"No study file at {path}.")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"Study {path} is not valid YAML: {exc}".replace("\n", " ")) from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"Study {path} must be a YAML mapping with a 'param_space', not "
-                         f"{type(raw).__name__}.")
-    return raw
+    return load_yaml_mapping(path, "study", "with a 'param_space'")
 
 
 def _check_space(space: dict, where: str, label: str) -> None:

@@ -112,7 +112,7 @@ def test_malformed_yaml_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="is not valid YAML"):
         load_study(path)
     path.write_text("- just\n- a list\n")
-    with pytest.raises(ValueError, match="must be a YAML mapping"):
+    with pytest.raises(ValueError, match="must hold a mapping"):
         load_study(path)
 
 
