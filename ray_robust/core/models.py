@@ -33,7 +33,25 @@ def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.divide(1.0, out, out=out)  # = np.reciprocal, bit for bit, ≈ 2× faster here
 
 
-class LogisticRegression:
+class _BinaryCrossEntropy:
+    """Shared by the binary models: f = softplus(s) − y·s of the margin s = ``margins(θ, x)``
+    (never overflows), labels in {0, 1}."""
+
+    def loss(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-sample cross-entropy f(θ; x, y), shape ``y.shape``."""
+        s = self.margins(theta, X)
+        return np.logaddexp(0.0, s) - y * s
+
+    def predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """Predicted labels in {0, 1} (1 when s > 0)."""
+        return (self.margins(theta, X) > 0).astype(np.int8)
+
+    def flip_labels(self, y: np.ndarray) -> np.ndarray:
+        """Label flipping (a data attack): y ↦ 1 − y."""
+        return 1.0 - y
+
+
+class LogisticRegression(_BinaryCrossEntropy):
     """Binary logistic regression, θ = (w, b) with ``p = d + 1`` parameters.
 
     Every method is vectorized over all samples of all shards; no Python loop over samples.
@@ -58,15 +76,6 @@ class LogisticRegression:
         """s = wᵀx + b, shape ``X.shape[:-1]``."""
         w, b = self.split(theta)
         return X @ w + b
-
-    def loss(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Per-sample cross-entropy f(θ; x, y), shape ``y.shape``."""
-        s = self.margins(theta, X)
-        return np.logaddexp(0.0, s) - y * s
-
-    def predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
-        """Predicted labels in {0, 1} (1 when s > 0)."""
-        return (self.margins(theta, X) > 0).astype(np.int8)
 
     def grad_x(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         """∇_x f(θ; x, y) = (σ(s) − y)·w per sample, shape ``X.shape``."""
@@ -108,11 +117,6 @@ class LogisticRegression:
         r = weights * (sigmoid(s_x + c * (w @ w)) - y)  # (k, n)
         gw = np.matmul(r[:, None, :], X)[:, 0, :] + (r * c).sum(axis=-1)[:, None] * w
         return np.concatenate([gw, r.sum(axis=-1, keepdims=True)], axis=-1)
-
-
-    def flip_labels(self, y: np.ndarray) -> np.ndarray:
-        """Label flipping (a data attack): y ↦ 1 − y."""
-        return 1.0 - y
 
 
 def _weighted_theta_grad(R: np.ndarray, Z: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -258,7 +262,7 @@ class LeastSquares:
         return float(np.mean(r**2))
 
 
-class MLP:
+class MLP(_BinaryCrossEntropy):
     """One hidden layer of tanh units, a logistic output: s = vᵀtanh(W₁x + c) + b,
     f = softplus(s) − y·s (binary labels, as Spambase). θ = (W₁ ``(h, d)``, c, v, b):
     ``p = h(d + 2) + 1``. Nonconvex in θ (Theorem 2's case); smooth in x.
@@ -301,13 +305,6 @@ class MLP:
     def margins(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
         return self._forward(theta, X)[1]
 
-    def loss(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        s = self.margins(theta, X)
-        return np.logaddexp(0.0, s) - y * s
-
-    def predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
-        return (self.margins(theta, X) > 0).astype(np.int8)
-
     def grad_x(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         """∇_x f = (σ(s) − y)·W₁ᵀ(v ⊙ (1 − tanh²(W₁x + c)))."""
         W, _, v, _ = self.split(theta)
@@ -332,9 +329,6 @@ class MLP:
         W, _, v, _ = self.split(theta)
         w2 = float(np.linalg.norm(W, 2)) ** 2
         return w2 * (float(v @ v) / 4.0 + 4.0 / (3.0 * np.sqrt(3.0)) * float(np.abs(v).max()))
-
-    def flip_labels(self, y: np.ndarray) -> np.ndarray:
-        return 1.0 - y
 
     def error_under_shift(self, theta, X, y, norm: str | None = None, eps: float = 0.0) -> float:
         """Misclassification rate under a shift found by projected gradient ascent on the loss
