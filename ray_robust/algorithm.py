@@ -405,16 +405,22 @@ def poison_shards(config: Config, model, shards: Shards) -> Shards:
 
 def merge_worker_info(infos: Sequence[dict]) -> dict:
     """Combine the statistics dicts of several worker groups (sums; ``*_max`` keys: maxima;
-    tuples of per-shard values are concatenated)."""
+    tuples of per-shard values are concatenated). Anything that does not combine (a malformed
+    reply) is dropped, never raised."""
     out: dict = {}
     for info in infos:
+        if not isinstance(info, dict):
+            continue
         for key, value in info.items():
-            if key not in out:
-                out[key] = value
-            elif key.endswith("_max"):
-                out[key] = max(out[key], value)
-            else:
-                out[key] = out[key] + value
+            try:
+                if key not in out:
+                    out[key] = value
+                elif key.endswith("_max"):
+                    out[key] = max(out[key], value)
+                else:
+                    out[key] = out[key] + value
+            except TypeError:
+                continue
     return out
 
 

@@ -87,34 +87,63 @@ def test_bit_identical_three_actors(trainers, problem, values):
     assert_same_run(trainer(cfg), train(cfg, problem=problem))
 
 
-def test_killed_workers_rejoin_after_restart(trainers, problem):
-    """Kill 3 of 20 worker actors mid-run: the run completes, their missing rounds count as
-    rejected, Ray restarts them (new processes) and they contribute again."""
+def _busy_in_rounds(first: int, last: int):
+    """A payload that takes 0.3 s in rounds [first, last) (so a kill lands mid-call) and
+    sends a valid zero vector."""
+    def payload(theta, t):
+        if first <= t < last:
+            time.sleep(0.3)
+        return np.zeros(theta.size)
+
+    return payload
+
+
+def test_killed_workers_rejoin_after_restart(problem):
+    """Kill 3 of 20 worker actors mid-run (mid-call: they are busy in rounds 15–29): the run
+    completes, their lost messages count as rejected, Ray restarts them (new processes, shards
+    reloaded) and they contribute again."""
+    import ray
+
+    victims = [2, 9, 15]
+    payload = {i: _busy_in_rounds(15, 30) for i in victims}
+    with RayTrainer(problem, actors="per-worker", byzantine_payload=payload) as trainer:
+        before = {i: trainer.refresh_placement()[i]["pid"] for i in victims}
+        cfg = make_config(algorithm="alg2", attack="none", alpha=0.0, rounds=60)
+        killed_at = []
+
+        def kill_once(row):
+            if row["round"] >= 20 and not killed_at:
+                for i in victims:
+                    ray.kill(trainer.worker_actors[i], no_restart=False)
+                killed_at.append(row["round"])
+
+        hist = trainer(cfg, progress=kill_once, progress_every=1)
+        rejected = hist.metrics.set_index("round")["n_rejected"]
+        assert killed_at and len(hist.metrics) == 60
+        assert rejected.loc[: killed_at[0]].eq(0).all()
+        assert rejected.sum() >= len(victims)  # the killed workers' lost messages
+        assert rejected.max() <= len(victims)
+        assert rejected.iloc[-20:].eq(0).all()  # all 20 workers' messages valid again
+        assert np.isfinite(hist.theta).all()
+        after = trainer.refresh_placement()
+        assert all(after[i]["pid"] not in (None, before[i]) for i in victims)
+
+
+def test_restarted_actors_reload_their_shards(trainers, problem):
+    """After a kill and restart, a run on the same actors is bit-identical again."""
     import ray
 
     trainer = trainers("per-worker")
-    victims = [2, 9, 15]
+    victims = (2, 9, 15)
     before = {i: trainer.refresh_placement()[i]["pid"] for i in victims}
-    cfg = make_config(algorithm="alg2", attack="none", alpha=0.0, rounds=100)
-    killed_at = []
-
-    def kill_once(row):
-        if row["round"] >= 20 and not killed_at:
-            for i in victims:
-                ray.kill(trainer.worker_actors[i], no_restart=False)
-            killed_at.append(row["round"])
-
-    hist = trainer(cfg, progress=kill_once, progress_every=1)
-    rejected = hist.metrics.set_index("round")["n_rejected"]
-    assert killed_at and len(hist.metrics) == 100
-    assert rejected.loc[: killed_at[0]].eq(0).all()
-    assert rejected.sum() >= len(victims)  # the killed workers' missing messages
-    assert rejected.max() <= len(victims)
-    assert rejected.iloc[-20:].eq(0).all()  # all 20 workers' messages valid again
-    assert np.isfinite(hist.theta).all()
-    after = trainer.refresh_placement()
-    assert all(after[i]["pid"] not in (None, before[i]) for i in victims)
-    # The restarted actors reloaded their shards: the next run is again bit-identical.
+    for i in victims:
+        ray.kill(trainer.worker_actors[i], no_restart=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until every victim answers from a new process
+        now = trainer.refresh_placement()
+        if all(now[i]["pid"] not in (None, before[i]) for i in victims):
+            break
+        time.sleep(0.2)
     cfg = make_config(algorithm="alg2", attack="aggressive")
     assert_same_run(trainer(cfg), train(cfg, problem=problem))
 
@@ -178,6 +207,41 @@ def test_stragglers_are_skipped_and_dead_workers_end_the_run_clearly(problem):
         with pytest.raises(AggregationError, match=r"Round 1 of 3: NBS: no valid message.*"
                                                    r"last worker error: ActorDiedError"):
             trainer(cfg)
+
+
+def test_a_stalled_actor_is_not_queued_behind_its_late_call(problem):
+    """A stalled actor gets no new call while its late call runs (the other workers' rounds go
+    on without waiting for it) and rejoins once that call has ended."""
+    def stall_once(theta, t):
+        if t == 0:
+            time.sleep(1.5)
+        return np.zeros(theta.size)
+
+    def pace(theta, t):  # keeps every round ≈ 0.2 s long, within the timeout
+        time.sleep(0.2)
+        return np.zeros(theta.size)
+
+    cfg = make_config(algorithm="nbs", attack="none", alpha=0.0, rounds=14)
+    with RayTrainer(problem, actors=2, round_timeout=0.5,
+                    byzantine_payload={0: stall_once, 10: pace}) as trainer:
+        rejected = trainer(cfg).metrics["n_rejected"].tolist()
+    assert rejected[0] == 10  # the stalled actor holds workers 0–9
+    assert rejected[-4:] == [0, 0, 0, 0]  # it answers again once its late call ended
+
+
+def test_malformed_actor_replies_never_crash_the_gather():
+    """Regression: stacks of different widths or a non-dict info crashed the fast path."""
+    from ray_robust.engines.ray_engine import _Gather
+
+    gather = _Gather([None, None], [[0, 1], [2]], round_timeout=1.0)
+    for results in (
+        [(np.zeros((2, 5)), {}), (np.zeros((1, 6)), {})],
+        [(np.zeros((2, 5)), None), (np.zeros((1, 5)), {"wrm_steps": "x"})],
+        [(np.zeros((2, 5)), {"wrm_steps": 1}), (np.zeros((1, 5)), {"wrm_steps": "x"})],
+        ["junk", (np.zeros((1, 5)), 3)],
+    ):
+        messages, info = gather._assemble(results)
+        assert len(messages) == 3 and isinstance(info, dict)
 
 
 def test_progress_reaches_the_driver(trainers, problem):

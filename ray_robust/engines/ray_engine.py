@@ -150,6 +150,9 @@ class _Gather:
     Calls ``method(config, θ, t)`` on every worker actor, waits at most ``round_timeout``
     seconds, and returns the m messages and the merged worker info. A late, missing or failed
     message is None (the server rejects it); :attr:`last_error` says why the last one was.
+    An actor still busy with a late call gets no new call (an actor runs one call at a time:
+    queueing behind the straggler would make it late again); its workers count as missing
+    until that call ends, and its late answer is dropped.
     """
 
     def __init__(self, workers: Sequence[Any], groups: Sequence[Sequence[int]],
@@ -159,20 +162,36 @@ class _Gather:
         self.m = sum(len(g) for g in self.groups)
         self.round_timeout = round_timeout
         self.last_error = ""
+        self._busy: dict[int, Any] = {}  # actor index → its late call's ref
 
     def __call__(self, method: str, config: Config, theta: np.ndarray, t: int):
         t0 = time.perf_counter()
-        refs = [getattr(w, method).remote(config, theta, t) for w in self.workers]
+        self.last_error = ""
+        if self._busy:
+            finished, _ = ray.wait(list(self._busy.values()), num_returns=len(self._busy),
+                                   timeout=0)
+            done_late = set(finished)
+            self._busy = {i: r for i, r in self._busy.items() if r not in done_late}
+        refs = [None if i in self._busy else getattr(w, method).remote(config, theta, t)
+                for i, w in enumerate(self.workers)]
         try:
+            if self._busy:
+                raise ray.exceptions.GetTimeoutError("an actor is still busy")
             results = ray.get(refs, timeout=self.round_timeout)  # the common case: one call
         except RayError:  # a failed worker, or GetTimeoutError: sort the futures one by one
             left = max(0.0, self.round_timeout - (time.perf_counter() - t0))
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=left)
+            sent = [r for r in refs if r is not None]
+            ready, _ = ray.wait(sent, num_returns=len(sent), timeout=left)
             done = set(ready)
             results = []
-            for ref in refs:
+            for i, ref in enumerate(refs):
+                if ref is None:
+                    results.append(None)
+                    self.last_error = "a worker actor is still busy with a late call"
+                    continue
                 if ref not in done:
                     results.append(None)
+                    self._busy[i] = ref
                     self.last_error = f"no answer within round_timeout = {self.round_timeout} s"
                     continue
                 try:
@@ -184,8 +203,9 @@ class _Gather:
 
     def _assemble(self, results: list) -> tuple[Any, dict]:
         if all(
-            isinstance(r, tuple) and isinstance(r[0], np.ndarray) and r[0].ndim == 2
-            and r[0].dtype == np.float64 and len(r[0]) == len(g)
+            isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], np.ndarray)
+            and r[0].ndim == 2 and r[0].dtype == np.float64 and len(r[0]) == len(g)
+            and r[0].shape[1] == results[0][0].shape[1] and isinstance(r[1], dict)
             for r, g in zip(results, self.groups, strict=True)
         ):  # every actor answered with a plain (k, p) stack: the fast path
             return np.concatenate([r[0] for r in results]), merge_worker_info(
