@@ -67,8 +67,15 @@ def train(
         raise ValueError(f"The 'engine' parameter must be one of {list(ENGINES)}. Got {engine!r}.")
     if problem is None:
         problem = load_problem(config)
+    check_int(progress_every, "progress_every", "train", low=1)
     if checkpoint_dir is not None:
         check_int(checkpoint_every, "checkpoint_every", "train", low=1)
+        if callable(config.epsilon_schedule) and not hasattr(config.epsilon_schedule, "spec"):
+            raise ValueError(
+                "A run with a Python callable as 'epsilon_schedule' cannot be checkpointed (a "
+                "checkpoint is JSON). Use a 'two-stage:…' or 'constant:…' schedule, or drop "
+                "checkpoint_dir."
+            )
         folder = checkpoint_dir
         engine_options.update(checkpoint=lambda s: save_checkpoint(folder, config, s),
                               checkpoint_every=checkpoint_every)

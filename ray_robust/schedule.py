@@ -53,7 +53,7 @@ class Constant:
 
     @property
     def spec(self) -> str:
-        return f"constant:{self.epsilon:g}"
+        return f"constant:{self.epsilon!r}"  # repr: round-trips exactly (checkpoints, YAML)
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class TwoStage:
 
     @property
     def spec(self) -> str:
-        return f"two-stage:{self.large:g},{self.small:g},{self.switch:g}"
+        return f"two-stage:{self.large!r},{self.small!r},{self.switch!r}"
 
 
 @dataclass(frozen=True)

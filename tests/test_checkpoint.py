@@ -100,3 +100,17 @@ def test_resume_api_continues_in_the_same_folder(data_dir, tmp_path):
     # the checkpoint's config says 20 rounds: resuming a finished run returns it unchanged
     again = resume(tmp_path)
     assert again.metrics["round"].iloc[-1] == 20
+
+
+def test_a_callable_schedule_cannot_be_checkpointed(data_dir, tmp_path):
+    cfg = CFG.replace(rounds=5, epsilon_schedule=lambda t: 0.1)
+    with pytest.raises(ValueError, match=r"callable.*cannot be checkpointed"):
+        train(cfg, checkpoint_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_schedules_round_trip_exactly_through_a_checkpoint(data_dir, tmp_path):
+    cfg = CFG.replace(rounds=4, epsilon_schedule="two-stage:0.123456789,0.0001,0.5")
+    train(cfg, checkpoint_dir=tmp_path, checkpoint_every=2)
+    loaded, _ = load_checkpoint(tmp_path)
+    assert loaded == cfg

@@ -39,6 +39,7 @@ def test_train_from_yaml_with_flag_override(data_dir, tmp_path):
         (["train", "--attack", "meteor"], "'attack'"),
         (["train", "--config", "no/such.yaml"], "No config file"),
         (["train", "--data-path", "no/such/dir"], "No Spambase file"),
+        (["train", "--progress", "0"], "'progress_every'"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(args, needle, data_dir):

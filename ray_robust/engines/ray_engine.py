@@ -517,6 +517,7 @@ class RayTrainer:
         if self._server is None:
             raise RuntimeError("This RayTrainer is closed; make a new one.")
         self._check(config)
+        Server(config, self.problem)  # config × problem errors raise here, not remotely
         if checkpoint is None:
             checkpoint_every = 0
         fut = self._server.train.remote(
