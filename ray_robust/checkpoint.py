@@ -34,10 +34,6 @@ def save_checkpoint(folder: str | os.PathLike, config: Config, state: RunState) 
     return target
 
 
-def has_checkpoint(folder: str | os.PathLike) -> bool:
-    return (Path(folder) / CHECKPOINT_FILE).is_file()
-
-
 def load_checkpoint(folder: str | os.PathLike) -> tuple[Config, RunState]:
     """Read what :func:`save_checkpoint` wrote; a clear error when there is none or it is bad."""
     path = Path(folder) / CHECKPOINT_FILE

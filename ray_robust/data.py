@@ -189,21 +189,11 @@ def shard(X: np.ndarray, y: np.ndarray, n_workers: int, rng: np.random.Generator
     The N mod m remainder goes one sample each to the first workers, so sizes differ by at
     most one; shorter shards are zero-padded with weight 0 (no sample is dropped).
     """
-    n, d = X.shape
-    m = n_workers
+    n, m = X.shape[0], n_workers
     order = rng.permutation(n)
     sizes = np.full(m, n // m)
     sizes[: n % m] += 1
-    n_max = int(sizes.max())
-    Xs = np.zeros((m, n_max, d))
-    ys = np.zeros((m, n_max))
-    ws = np.zeros((m, n_max))
-    start = 0
-    for i, size in enumerate(sizes):
-        rows = order[start : start + size]
-        Xs[i, :size], ys[i, :size], ws[i, :size] = X[rows], y[rows], 1.0 / size
-        start += size
-    return Shards(Xs, ys, ws)
+    return stack_shards(X, y, np.split(order, np.cumsum(sizes)[:-1]))
 
 
 STANDARDIZE = ("zscore", "none")
