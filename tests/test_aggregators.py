@@ -18,6 +18,7 @@ from scipy.optimize import minimize
 
 from ray_robust.api import load_problem, train
 from ray_robust.config import Config
+from ray_robust.core import aggregators
 from ray_robust.core.aggregators import (
     AGGREGATORS,
     PRECONDITIONS,
@@ -441,3 +442,18 @@ def test_f_far_away_byzantine_rows_do_not_move_robust_rules(name):
         lo, hi = np.delete(G, [4, 9], axis=0).min(0), np.delete(G, [4, 9], axis=0).max(0)
         assert np.all((a.vector >= lo - 1e-12) & (a.vector <= hi + 1e-12))
         assert not a.kept[[4, 9]].any()
+
+
+@pytest.mark.parametrize("d", [5, 3000])
+@pytest.mark.parametrize("row_by_row_from", [1, 10**9])
+def test_nbs_mean_is_the_kept_rows_mean_bit_for_bit(d, row_by_row_from, monkeypatch):
+    """Both summation paths of NBS (one masked reduction; row by row for wide rows) give
+    grads[kept].mean(axis=0) exactly, around screened and non-finite rows."""
+    monkeypatch.setattr(aggregators, "ROW_BY_ROW_WIDTH", row_by_row_from)
+    rng = np.random.default_rng(d)
+    g = rng.standard_normal((40, d)) * rng.uniform(0.1, 10, size=(40, 1))
+    g[[3, 17]] = np.nan
+    g[25, 0] = np.inf
+    out = nbs(g, beta=0.3)
+    assert out.kept.sum() == 40 - 12 and not out.kept[[3, 17, 25]].any()
+    np.testing.assert_array_equal(out.vector, g[out.kept].mean(axis=0))

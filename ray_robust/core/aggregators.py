@@ -123,9 +123,29 @@ def nbs(grads: np.ndarray, beta: float, weights: np.ndarray | None = None) -> Ag
             f"NBS: no valid message among the {n_keep} smallest of {m} "
             f"({m - int(valid.sum())} malformed or missing)."
         )
-    if weights is None:  # = grads[kept].mean(axis=0), bit for bit, without copying the rows
-        return Aggregation(np.add.reduce(grads, axis=0, where=kept[:, None]) / kept.sum(), kept)
+    if weights is None:
+        return Aggregation(_sum_rows(grads, kept) / kept.sum(), kept)
     return Aggregation(_average(grads, kept, weights), kept)
+
+
+#: row width from which :func:`_sum_rows` adds row by row (below it, one masked reduction)
+ROW_BY_ROW_WIDTH = 1024
+
+
+def _sum_rows(grads: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Σ_{i kept} g_i, added in row order: ``grads[kept].sum(axis=0)`` bit for bit, no copy.
+
+    Wide rows are added one at a time into an accumulator that stays in cache (one pass over
+    the kept rows only); numpy's masked reduction (``where=``) costs about 1.6 passes there.
+    Narrow rows (the paper's m = 20, d = 58) take the masked reduction: one call, no loop.
+    """
+    if grads.shape[1] < ROW_BY_ROW_WIDTH:
+        return np.add.reduce(grads, axis=0, where=kept[:, None])
+    rows = np.flatnonzero(kept).tolist()
+    acc = grads[rows[0]].copy()
+    for i in rows[1:]:
+        np.add(acc, grads[i], out=acc)
+    return acc
 
 
 # ---- the field's other rules -------------------------------------------------------------
