@@ -40,6 +40,8 @@ def table1_configs(seed: int, **overrides) -> list[tuple[str, str, Config]]:
     for env, env_values in ENVIRONMENTS.items():
         for algo in ALGORITHM_LABELS:
             values = {**PAPER_SETTING, **env_values, **overrides, "seed": seed, "algorithm": algo}
+            # the table uses the final round only: evaluate there, not after every round
+            values.setdefault("eval_every", values["rounds"])
             out.append((env, algo, Config.from_dict(values)))
     return out
 
