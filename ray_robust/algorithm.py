@@ -223,9 +223,9 @@ class Server:
                     agg = self._aggregate(grads, state=state.aggregator_state)
                 else:
                     agg = self._aggregate(grads)
-            except AggregationError:
+            except AggregationError as exc:
                 self._check_diverged(state, messages)
-                raise
+                raise AggregationError(f"Round {state.round + 1} of {cfg.rounds}: {exc}") from None
             G = agg.vector
             g_norm = float(np.linalg.norm(G))
             theta = state.theta - cfg.eta * G

@@ -50,6 +50,17 @@ def test_bad_input_is_one_line_and_status_2(args, needle, data_dir):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_a_failed_run_is_one_line_and_status_1(data_dir):
+    """A run that fails (not its input): a round timeout no worker can meet leaves no valid
+    message, so the Ray engine's AggregationError ends the run with status 1, no traceback."""
+    proc = _cli("train", "--engine", "ray", "--actors", "1", "--round-timeout", "1e-6",
+                "--rounds", "3", check_ok=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ray-robust: error: Round 1 of 3: NBS: no valid message"), last
+
+
 def test_malformed_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("rounds: [1, 2\n")

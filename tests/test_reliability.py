@@ -25,7 +25,7 @@ from ray_robust.algorithm import Server, honest_gradients
 from ray_robust.api import load_problem, resume, train
 from ray_robust.checkpoint import load_checkpoint
 from ray_robust.config import Config
-from ray_robust.core.aggregators import AGGREGATORS, STATEFUL
+from ray_robust.core.aggregators import AGGREGATORS, STATEFUL, AggregationError
 from ray_robust.engines.ray_engine import RayTrainer, ServerDiedError
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -230,3 +230,14 @@ def test_tune_retries_a_failed_trial_with_max_failures(data_dir, tmp_path):
     assert failed_first == [True]
     assert res.num_errors == 0
     assert int(res.results["round"].iloc[0]) == 20
+
+
+def test_in_process_aggregation_error_names_the_round(problem):
+    """No valid message at all: the in-process server says which round, as the Ray engine does."""
+    cfg = Config(rounds=5, seed=0)
+    server = Server(cfg, problem)
+    state = server.initial_state()
+    grads, _ = honest_gradients(cfg, server.model, state.theta, problem.shards, 0)
+    server.step(state, grads)
+    with pytest.raises(AggregationError, match=r"^Round 2 of 5: NBS: no valid message"):
+        server.step(state, [None] * cfg.n_workers)

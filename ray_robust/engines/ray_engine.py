@@ -233,12 +233,10 @@ class _Gather:
         """``compute(theta, t)`` for :func:`ray_robust.algorithm.run`."""
         return lambda theta, t: self("compute", config, theta, t)
 
-    def with_clear_error(self, exc: AggregationError, round_index: int, rounds: int):
+    def with_clear_error(self, exc: AggregationError) -> AggregationError:
+        """The server's error (which names the round) plus the last worker error seen."""
         why = f"; last worker error: {self.last_error}" if self.last_error else ""
-        return AggregationError(
-            f"Round {round_index + 1} of {rounds}: {exc} Too few worker messages arrived "
-            f"valid{why}."
-        )
+        return AggregationError(f"{exc} Too few worker messages arrived valid{why}.")
 
 
 @ray.remote
@@ -299,7 +297,7 @@ class _ServerActor:
                 checkpoint_every=checkpoint_every,
             )
         except AggregationError as exc:
-            raise self.gather.with_clear_error(exc, state.round, config.rounds) from None
+            raise self.gather.with_clear_error(exc) from None
 
     def poll(self) -> list[tuple[str, Any]]:
         """The events queued since the last poll, oldest first."""
