@@ -11,22 +11,30 @@ Also: multinomial logistic (softmax) regression, least squares, and a one-hidden
 MLP (the nonconvex case of Theorem 2). Each has the same methods (``n_params``, ``init``,
 ``split``, ``loss``, ``grad_x``, ``mean_grad_theta``, ``lipschitz_xx``, ``predict``,
 ``flip_labels``); the new ones also evaluate themselves under the worst-case test shift
-(``error_under_shift``, which :func:`ray_robust.core.shift.error_rate` calls). ``linear``
-means "WRM's line fast path in :mod:`ray_robust.core.wrm` applies", which holds for the
-logistic loss only; the others run the explicit ascent (``wrm_ascent``).
+(``error_under_shift``, which :func:`ray_robust.core.shift.error_rate` calls).
+
+``linear`` means "WRM's exact fast path in :mod:`ray_robust.core.wrm` applies" (issue 8, P5):
+the score s = ``scores(θ, x)`` is affine in x with ∇_x s = w (K columns of W for softmax), so
+∇_x f = w·∂f/∂s and every ascent iterate is z = x + c·w (z = x + Wc, c ∈ R^K, for softmax), with
+s_z = s_x + (wᵀw)c. Such a model gives ``scores``, ``line_gram`` (wᵀw, or WᵀW ``(K, K)``),
+``line_link`` (which ∂f/∂s the kernels in wrm.py compute: ``"logistic"`` σ(s) − y,
+``"identity"`` s − y, ``"softmax"`` softmax(S) − e_y) and ``mean_grad_theta_on_line``. Logistic,
+least squares and softmax are linear; the MLP runs the explicit ascent (``wrm_ascent``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, log_softmax, softmax
+from scipy.special import log_softmax, softmax
 
 
 def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """σ(x) = 1/(1 + e^{−x}) with numpy's SIMD exp: ≈ 4× faster than scipy's ``expit`` on
-    this machine, within 2.2e-16 of it. e^{−x} overflowing to inf gives exactly 0. The WRM
-    line fast path runs it T_z times per sample, so it sets that path's cost (issue 8, P5)."""
-    out = np.negative(x, out=out)
+    this machine, within 2.2e-16 of it. e^{−x} overflowing to inf gives exactly 0. Every model
+    here uses this one σ (issue 8, P5: the WRM fast path and the ERM gradient alike)."""
+    if out is None:
+        out = np.empty(np.shape(x))
+    np.negative(x, out=out)
     with np.errstate(over="ignore"):
         np.exp(out, out=out)
     out += 1.0
@@ -51,15 +59,14 @@ class _BinaryCrossEntropy:
         return 1.0 - y
 
 
-class LogisticRegression(_BinaryCrossEntropy):
-    """Binary logistic regression, θ = (w, b) with ``p = d + 1`` parameters.
+class _LinearGLM:
+    """Shared by the binary linear models: θ = (w, b), score s = wᵀx + b, ∂f/∂s = μ(s) − y with
+    the mean function μ (``_mean_inplace``: σ or the identity), so ∇_x f = (μ(s) − y)·w and
+    ∇_θ f = (μ(s) − y)·(x, 1). Every method is vectorized over all samples of all shards."""
 
-    Every method is vectorized over all samples of all shards; no Python loop over samples.
-    """
-
-    name = "logistic"
-    #: ∇_x f(θ; x) = (σ(s) − y)·w always lies on the line spanned by w (the WRM fast path).
+    #: ∇_x f lies on the line spanned by w: the WRM fast path applies (z = x + c·w)
     linear = True
+    line_link = ""
 
     def n_params(self, d: int) -> int:
         return d + 1
@@ -77,16 +84,22 @@ class LogisticRegression(_BinaryCrossEntropy):
         w, b = self.split(theta)
         return X @ w + b
 
-    def grad_x(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """∇_x f(θ; x, y) = (σ(s) − y)·w per sample, shape ``X.shape``."""
-        w, _ = self.split(theta)
-        r = expit(self.margins(theta, X)) - y
-        return r[..., None] * w
+    scores = margins
 
-    def lipschitz_xx(self, theta: np.ndarray) -> float:
-        """L_zz: ‖∇²_x f‖ = σ(1 − σ)‖w‖² ≤ ‖w‖²/4 (Sec. VI-D's smoothness of f in z)."""
+    def line_gram(self, theta: np.ndarray) -> float:
+        """‖w‖²: the margin of z = x + c·w is s_x + c‖w‖²."""
         w, _ = self.split(theta)
-        return float(w @ w) / 4.0
+        return float(w @ w)
+
+    def _mean_inplace(self, s: np.ndarray) -> np.ndarray:
+        """μ(s), overwriting ``s`` (a temporary the caller owns)."""
+        raise NotImplementedError
+
+    def grad_x(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """∇_x f(θ; x, y) = (μ(s) − y)·w per sample, shape ``X.shape``."""
+        w, _ = self.split(theta)
+        r = self._mean_inplace(self.margins(theta, X)) - y
+        return r[..., None] * w
 
     def mean_grad_theta(
         self, theta: np.ndarray, Z: np.ndarray, y: np.ndarray, weights: np.ndarray
@@ -96,7 +109,7 @@ class LogisticRegression(_BinaryCrossEntropy):
         ``Z`` is ``(k, n, d)``; ``weights`` is ``(k, n)`` with rows summing to one (zeros mark
         padding in uneven shards).
         """
-        r = weights * (expit(self.margins(theta, Z)) - y)  # (k, n)
+        r = weights * (self._mean_inplace(self.margins(theta, Z)) - y)  # (k, n)
         gw = np.matmul(r[:, None, :], Z)[:, 0, :]  # (k, d), one product per shard
         return np.concatenate([gw, r.sum(axis=-1, keepdims=True)], axis=-1)
 
@@ -114,9 +127,29 @@ class LogisticRegression(_BinaryCrossEntropy):
         With s_z = s_x + c‖w‖²: Σ r z = Xᵀr + (Σ r c)·w, so one pass over X suffices.
         """
         w, _ = self.split(theta)
-        r = weights * (sigmoid(s_x + c * (w @ w)) - y)  # (k, n)
+        r = self._mean_inplace(s_x + c * (w @ w))
+        r -= y
+        r *= weights  # (k, n)
         gw = np.matmul(r[:, None, :], X)[:, 0, :] + (r * c).sum(axis=-1)[:, None] * w
         return np.concatenate([gw, r.sum(axis=-1, keepdims=True)], axis=-1)
+
+
+class LogisticRegression(_BinaryCrossEntropy, _LinearGLM):
+    """Binary logistic regression, θ = (w, b) with ``p = d + 1`` parameters:
+    ∇_x f(θ; x) = (σ(s) − y)·w.
+    """
+
+    name = "logistic"
+    line_link = "logistic"
+
+    def _mean_inplace(self, s: np.ndarray) -> np.ndarray:
+        """σ(s), in place."""
+        return sigmoid(s, out=s) if isinstance(s, np.ndarray) and s.ndim else sigmoid(s)
+
+    def lipschitz_xx(self, theta: np.ndarray) -> float:
+        """L_zz: ‖∇²_x f‖ = σ(1 − σ)‖w‖² ≤ ‖w‖²/4 (Sec. VI-D's smoothness of f in z)."""
+        w, _ = self.split(theta)
+        return float(w @ w) / 4.0
 
 
 def _weighted_theta_grad(R: np.ndarray, Z: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -131,7 +164,10 @@ class SoftmaxRegression:
     """
 
     name = "softmax"
-    linear = False
+    #: ∇_x f = W(softmax(S) − e_y) lies in the span of W's K columns: the WRM fast path
+    #: applies with z = x + Wc, c ∈ R^K per sample, and logits S_z = S_x + (WᵀW)c
+    linear = True
+    line_link = "softmax"
 
     def __init__(self, n_classes: int = 2):
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
@@ -154,6 +190,13 @@ class SoftmaxRegression:
         """S = XW + b, shape ``X.shape[:-1] + (K,)``."""
         W, b = self.split(theta)
         return X @ W + b
+
+    scores = logits
+
+    def line_gram(self, theta: np.ndarray) -> np.ndarray:
+        """WᵀW ``(K, K)``: the logits of z = x + Wc are S_x + (WᵀW)c."""
+        W, _ = self.split(theta)
+        return W.T @ W
 
     def _onehot(self, y: np.ndarray) -> np.ndarray:
         return (y[..., None] == np.arange(self.n_classes)).astype(np.float64)
@@ -178,6 +221,15 @@ class SoftmaxRegression:
         R = self._residual(theta, Z, y)
         gb = (weights[..., None] * R).sum(axis=1)
         return np.concatenate([_weighted_theta_grad(R, Z, weights), gb], axis=-1)
+
+    def mean_grad_theta_on_line(self, theta, X, y, weights, c, s_x) -> np.ndarray:
+        """As :meth:`mean_grad_theta` for z = x + Wc (``c`` ``(k, n, K)``, ``s_x`` the logits
+        at x), without forming z: Σ z ⊗ r = Σ x ⊗ r + W·Σ c ⊗ r, one pass over X."""
+        W, _ = self.split(theta)
+        R = softmax(s_x + c @ self.line_gram(theta), axis=-1) - self._onehot(y)
+        wR = weights[..., None] * R
+        gW = np.einsum("knd,knc->kdc", X, wR) + W @ np.einsum("knj,knc->kjc", c, wR)
+        return np.concatenate([gW.reshape(X.shape[0], -1), wR.sum(axis=1)], axis=-1)
 
     def lipschitz_xx(self, theta: np.ndarray) -> float:
         """L_zz ≤ ‖W‖₂²/2: ∇²_x f = W(diag(π) − ππᵀ)Wᵀ and ‖diag(π) − ππᵀ‖ ≤ 1/2."""
@@ -209,38 +261,25 @@ class SoftmaxRegression:
         return float(np.mean(worst.max(axis=-1) >= 0))
 
 
-class LeastSquares:
-    """Least-squares regression f(θ; x, y) = ½(wᵀx + b − y)², θ = (w, b), ``p = d + 1``.
+class LeastSquares(_LinearGLM):
+    """Least-squares regression f(θ; x, y) = ½(wᵀx + b − y)², θ = (w, b), ``p = d + 1``:
+    ∇_x f = (s − y)·w, so the WRM recursion on the line is affine in c.
 
     Its "error" is the mean squared error (clean and under the worst-case shift).
     """
 
     name = "least_squares"
-    #: ∇_x f = (s − y)·w lies on a line too, but wrm.py's line fast path is the logistic one
-    linear = False
+    line_link = "identity"
 
-    def n_params(self, d: int) -> int:
-        return d + 1
-
-    split = staticmethod(LogisticRegression.split)
-    init = LogisticRegression.init
-    margins = LogisticRegression.margins
+    def _mean_inplace(self, s: np.ndarray) -> np.ndarray:
+        """μ(s) = s."""
+        return s
 
     def loss(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         return 0.5 * (self.margins(theta, X) - y) ** 2
 
     def predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
         return self.margins(theta, X)
-
-    def grad_x(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """∇_x f = (s − y)·w."""
-        w, _ = self.split(theta)
-        return (self.margins(theta, X) - y)[..., None] * w
-
-    def mean_grad_theta(self, theta, Z, y, weights) -> np.ndarray:
-        r = weights * (self.margins(theta, Z) - y)
-        gw = np.matmul(r[:, None, :], Z)[:, 0, :]
-        return np.concatenate([gw, r.sum(axis=-1, keepdims=True)], axis=-1)
 
     def lipschitz_xx(self, theta: np.ndarray) -> float:
         """L_zz = ‖w‖² exactly (∇²_x f = wwᵀ); g(z) is strongly concave iff 2λ > ‖w‖²."""
@@ -309,13 +348,13 @@ class MLP(_BinaryCrossEntropy):
         """∇_x f = (σ(s) − y)·W₁ᵀ(v ⊙ (1 − tanh²(W₁x + c)))."""
         W, _, v, _ = self.split(theta)
         H, s = self._forward(theta, X)
-        return (expit(s) - y)[..., None] * (((1.0 - H**2) * v) @ W)
+        return (sigmoid(s) - y)[..., None] * (((1.0 - H**2) * v) @ W)
 
     def mean_grad_theta(self, theta, Z, y, weights) -> np.ndarray:
         """Per-shard weighted mean of ∇_θ f at ``Z`` ``(k, n, d)`` (backpropagation)."""
         _, _, v, _ = self.split(theta)
         H, s = self._forward(theta, Z)
-        r = weights * (expit(s) - y)  # (k, n)
+        r = weights * (sigmoid(s) - y)  # (k, n)
         delta = r[..., None] * (1.0 - H**2) * v  # (k, n, h)
         gW = np.einsum("knh,knd->khd", delta, Z).reshape(Z.shape[0], -1)
         gv = np.einsum("kn,knh->kh", r, H)

@@ -14,27 +14,31 @@ so a fixed step η_z contracts the distance to the maximizer z* by
 ρ(η_z) = max(|1 − η_z λ_g|, |1 − η_z L_g|) per step; the best step 2/(L_g + λ_g) = 1/(2λ) gives
 ρ = (L_g − λ_g)/(L_g + λ_g), and ‖z_T − z*‖ ≤ ρ^T D_z with D_z = ‖x − z*‖.
 
-For a linear model ∇_z f is a multiple of w, so every ascent iterate is z_t = x + c_t·w with one
-scalar c_t per sample: the fast path below runs the same recursion on c_t in O(N) per step.
+For a linear model (logistic, least squares) ∇_z f is a multiple of w, so every ascent iterate
+is z_t = x + c_t·w with one scalar c_t per sample; for softmax regression ∇_z f lies in the span
+of W's K columns, z_t = x + Wc_t with K scalars. The fast path below runs the same recursion on
+c_t: O(N) per step (O(NK²) for softmax) after one pass over the data (issue 8, P5).
 
 Certified ε (Sec. VI-D): by λ_g-strong concavity, ‖z − z*‖ ≤ ‖∇g(z)‖/λ_g at every z, a bound
-a worker gets for free (on the fast path ‖∇g‖ = |(σ − y) − 2λc|·‖w‖, the very residual of the
-step). :func:`local_gradients_certified` ascends until every sample's bound is ≤ ε. It needs an
-upper bound on L_zz = sup ‖∇²_z f‖: ``model.lipschitz_xx(θ)`` (closed form ‖w‖²/4 for logistic
-regression). A model without a closed form must supply a bound (e.g. a spectral-norm product
-bound over its layers); an estimate (power iteration on Hessian-vector products) is not a bound
-and would make the certificate heuristic, so this module does not guess one.
+a worker gets for free (on the fast path ‖∇g‖ = |r|·‖w‖, or √(rᵀ(WᵀW)r) for softmax, with r the
+very residual of the step). :func:`local_gradients_certified` ascends until every sample's
+bound is ≤ ε. It needs an upper bound on L_zz = sup ‖∇²_z f‖: ``model.lipschitz_xx(θ)``
+(closed form ‖w‖²/4 for logistic regression). A model without a closed form must supply a
+bound (e.g. a spectral-norm product bound over its layers); an estimate (power iteration on
+Hessian-vector products) is not a bound and would make the certificate heuristic, so this
+module does not guess one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .models import sigmoid
-
-#: samples per chunk of the line recursion (4 chunk-sized float64 arrays stay in L2)
+#: scalars per chunk of the fast path's recursion (a chunk's few float64 arrays stay in L2)
 LINE_CHUNK = 32768
 
 
@@ -51,34 +55,257 @@ def wrm_ascent(model, theta, X, y, lam: float, eta_z: float, t_z: int) -> np.nda
     return Z
 
 
-def wrm_line_coefficients(model, theta, s_x, y, lam: float, eta_z: float, t_z: int) -> np.ndarray:
-    """Fast WRM for linear models: c_T such that z_T = x + c_T·w, from the margins s_x = wᵀx + b.
+# ---- the exact fast path for linear models (issue 8, P5) ----------------------------------
+#
+# With z = x + c·w (z = x + Wc for softmax), ∇g(z) = w·[∂f/∂s(s_z) − 2λc] and s_z = s_x + Gc
+# (G = ‖w‖², or WᵀW), so the ascent z ← z + η_z∇g(z) is exactly c ← c + η_z·r with the
+# residual r = ∂f/∂s(s_x + Gc) − y-term − 2λc, and ‖∇g(z)‖ = ‖w‖·|r| (√(rᵀGr) for softmax).
+# A kernel runs that recursion on a chunk of samples, in place, written as
+# c ← a·c + η_z·μ(s_x + Gc) − η_z·y with a = 1 − 2λη_z (η_z·y precomputed per chunk): fewer
+# elementwise passes than evaluating r. Every operation is elementwise (softmax's K×K products
+# are written out as K² scaled adds, never BLAS), so a sample's bits depend on its own values
+# only: not on its chunk, the thread that ran it, or which shards share the stack.
 
-    The same iterates as :func:`wrm_ascent` (up to rounding):
-    c ← c + η_z[(σ(s_x + c‖w‖²) − y) − 2λc].
+
+class _LogisticLine:
+    """Logistic loss: c ← a·c + η_z·σ(s_x + ‖w‖²c) − η_z·y (state and scores ``(…)``)."""
+
+    lead, K = 0, 1  # state arrays have the sample shape
+
+    def __init__(self, gram: float, lam: float, eta: float):
+        self.ww, self.eta = float(gram), eta
+        self.a, self.two_lam_eta = 1.0 - 2.0 * lam * eta, 2.0 * lam * eta
+        self.norm_scale = math.sqrt(self.ww) / eta  # ‖∇g‖ = ‖w‖·|η_z r|/η_z
+
+    def prepare(self, s, y):
+        return s, np.multiply(y, self.eta)  # s_x (a view), q = η_z·y
+
+    def zeros(self, s):
+        return np.zeros(s.shape)
+
+    def buffers(self, shape):
+        return np.empty(shape)
+
+    def increment(self, c, consts, t) -> None:
+        """t = η_z·σ(s_x + ‖w‖²c) = η_z/(1 + e^{−‖w‖²c − s_x})."""
+        np.multiply(c, -self.ww, out=t)
+        t -= consts[0]
+        np.exp(t, out=t)
+        t += 1.0
+        np.divide(self.eta, t, out=t)
+
+    def advance(self, c, consts, t) -> None:
+        c *= self.a
+        c += t
+        c -= consts[1]
+
+    def residual(self, c, consts, t, out) -> None:
+        """out = |η_z·r| = |η_zσ − η_z·y − 2λη_z·c| per sample."""
+        np.multiply(c, -self.two_lam_eta, out=out)
+        out += t
+        out -= consts[1]
+        np.abs(out, out=out)
+
+    def finish(self, c):
+        return c
+
+    def errstate(self):
+        return np.errstate(over="ignore")  # e^{…} → inf is σ → 0, exactly
+
+
+class _IdentityLine(_LogisticLine):
+    """Least squares: r = s_x + ‖w‖²c − y − 2λc is affine in c, so the step is
+    c ← b·c + p with b = 1 + η_z(‖w‖² − 2λ), p = η_z(s_x − y)."""
+
+    def __init__(self, gram: float, lam: float, eta: float):
+        super().__init__(gram, lam, eta)
+        self.b = 1.0 + eta * (self.ww - 2.0 * lam)
+        self.b1 = eta * (self.ww - 2.0 * lam)
+
+    def prepare(self, s, y):
+        p = np.subtract(s, y)
+        p *= self.eta
+        return (p,)
+
+    def increment(self, c, consts, t) -> None:
+        pass
+
+    def advance(self, c, consts, t) -> None:
+        c *= self.b
+        c += consts[0]
+
+    def residual(self, c, consts, t, out) -> None:
+        """out = |η_z·r| = |p + (b − 1)c|."""
+        np.multiply(c, self.b1, out=out)
+        out += consts[0]
+        np.abs(out, out=out)
+
+    def errstate(self):
+        return contextlib.nullcontext()
+
+
+class _SoftmaxLine:
+    """Softmax regression: C ← a·C + η_z·softmax(S_x + GC) − η_z·e_y with G = WᵀW, the K
+    coefficients stored component-major (state ``(K, …)``, scores ``(…, K)``)."""
+
+    lead = 1
+
+    def __init__(self, gram: np.ndarray, lam: float, eta: float):
+        self.G = np.asarray(gram, dtype=np.float64)
+        self.K = self.G.shape[0]
+        self.eta, self.a, self.two_lam_eta = eta, 1.0 - 2.0 * lam * eta, 2.0 * lam * eta
+        self.norm_scale = 1.0 / eta  # ‖∇g‖ = ‖W(η_z r)‖/η_z = √((ηr)ᵀG(ηr))/η_z
+
+    def prepare(self, s, y):
+        S = np.ascontiguousarray(np.moveaxis(s, -1, 0))
+        Q = np.stack([np.where(y == j, self.eta, 0.0) for j in range(self.K)])
+        return S, Q
+
+    def zeros(self, s):
+        return np.zeros((self.K, *s.shape[:-1]))
+
+    def buffers(self, shape):
+        return np.empty((self.K, *shape[1:])), np.empty(shape[1:]), np.empty(shape)
+
+    def _times_gram(self, C, out, tmp) -> None:
+        """out_i = Σ_j G_ji C_j, as scaled adds in a fixed order."""
+        for i in range(self.K):
+            np.multiply(C[0], self.G[0, i], out=out[i])
+            for j in range(1, self.K):
+                out[i] += np.multiply(C[j], self.G[j, i], out=tmp)
+
+    def increment(self, C, consts, bufs) -> None:
+        """T = η_z·softmax(S_x + GC), stabilized by the per-sample maximum."""
+        T, tmp, _ = bufs
+        self._times_gram(C, T, tmp)
+        T += consts[0]
+        np.copyto(tmp, T[0])
+        for i in range(1, self.K):
+            np.maximum(tmp, T[i], out=tmp)
+        T -= tmp
+        np.exp(T, out=T)
+        np.copyto(tmp, T[0])
+        for i in range(1, self.K):
+            tmp += T[i]
+        np.divide(self.eta, tmp, out=tmp)
+        T *= tmp
+
+    def advance(self, C, consts, bufs) -> None:
+        C *= self.a
+        C += bufs[0]
+        C -= consts[1]
+
+    def residual(self, C, consts, bufs, out) -> None:
+        """out = ‖W(η_z r)‖ = √(Σ_i R_i (GR)_i) with R = η_z r = T − Q − 2λη_z·C."""
+        T, tmp, R = bufs
+        np.multiply(C, -self.two_lam_eta, out=R)
+        R += T
+        R -= consts[1]
+        GR = np.empty_like(R)
+        self._times_gram(R, GR, tmp)
+        np.multiply(R[0], GR[0], out=out)
+        for i in range(1, self.K):
+            out += np.multiply(R[i], GR[i], out=tmp)
+        np.maximum(out, 0.0, out=out)  # G is PSD: only rounding can make it negative
+        np.sqrt(out, out=out)
+
+    def finish(self, C):
+        return np.moveaxis(C, 0, -1)
+
+    def errstate(self):
+        return contextlib.nullcontext()
+
+
+_LINE_KERNELS = {"logistic": _LogisticLine, "identity": _IdentityLine, "softmax": _SoftmaxLine}
+
+
+def _line_kernel(model, theta, lam: float, eta_z: float):
+    link = getattr(model, "line_link", "")
+    if link not in _LINE_KERNELS:
+        raise ValueError(f"Model '{getattr(model, 'name', model)}' has no WRM line kernel "
+                         f"(line_link = {link!r}); use fast=False.")
+    return _LINE_KERNELS[link](model.line_gram(theta), lam, eta_z)
+
+
+# ---- running chunks on threads ---------------------------------------------------------------
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def line_threads() -> int:
+    """Threads the fast path spreads its chunks over: ``$RAY_ROBUST_WRM_THREADS`` if set, else
+    ``$OMP_NUM_THREADS`` if set (Ray sets it to the actor's CPUs, 1 for ours: the Ray engine
+    parallelizes over actors), else the usable cores. The result does not depend on it."""
+    for var in ("RAY_ROBUST_WRM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            try:
+                return max(1, int(value))
+            except ValueError:
+                raise ValueError(f"${var} must be a positive integer. Got {value!r} "
+                                 "instead.") from None
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _run_tasks(fn, tasks: list) -> None:
+    """Call ``fn(task)`` for every task, spread over :func:`line_threads` threads (numpy
+    releases the GIL in its elementwise loops; the calling thread takes one share)."""
+    n = min(line_threads(), len(tasks))
+    if n <= 1:
+        for task in tasks:
+            fn(task)
+        return
+    key = (os.getpid(), n)  # a forked child must not reuse the parent's (dead) threads
+    pool = _POOLS.get(key)
+    if pool is None:
+        pool = _POOLS[key] = ThreadPoolExecutor(n - 1, thread_name_prefix="wrm-line")
+
+    def share(i: int) -> None:
+        for task in tasks[i::n]:
+            fn(task)
+
+    futures = [pool.submit(share, i) for i in range(1, n)]
+    try:
+        share(0)
+    finally:
+        for f in futures:
+            f.result()
+
+
+def _flat_scores(s_x, y, lead: int):
+    """Scores and labels flattened over samples: ``(N,)`` (or ``(N, K)``) and ``(N,)``."""
+    tail = s_x.shape[s_x.ndim - lead:]
+    s = np.ascontiguousarray(s_x, dtype=np.float64).reshape(-1, *tail)
+    yy = np.ascontiguousarray(np.broadcast_to(y, s_x.shape[: s_x.ndim - lead]), np.float64)
+    return s, yy.reshape(-1)
+
+
+def wrm_line_coefficients(model, theta, s_x, y, lam: float, eta_z: float, t_z: int) -> np.ndarray:
+    """Fast WRM for linear models: c_T such that z_T = x + c_T·w (x + Wc_T for softmax), from
+    the scores s_x = ``model.scores(θ, x)``; shape ``s_x.shape``.
+
+    The iterates of :func:`wrm_ascent` (up to rounding): c ← c + η_z·r, r the residual above.
     """
-    w, _ = model.split(theta)
-    ww, two_lam = float(w @ w), 2.0 * lam
-    c = np.zeros(s_x.shape)
-    flat_c = c.reshape(-1)
-    flat_s = np.ascontiguousarray(s_x, dtype=np.float64).reshape(-1)
-    flat_y = np.ascontiguousarray(np.broadcast_to(y, s_x.shape), dtype=np.float64).reshape(-1)
-    t, u = np.empty(min(LINE_CHUNK, flat_c.size)), np.empty(min(LINE_CHUNK, flat_c.size))
-    # The recursion is elementwise: run all T_z steps on one cache-sized chunk of samples at a
-    # time, in place (no per-step allocations). Same operations, same bits, as
-    # c += η_z·((σ(s_x + c·‖w‖²) − y) − 2λ·c) on the whole array.
-    for a in range(0, flat_c.size, LINE_CHUNK):
-        b = min(a + LINE_CHUNK, flat_c.size)
-        cs, ss, ys, tt, uu = flat_c[a:b], flat_s[a:b], flat_y[a:b], t[: b - a], u[: b - a]
-        for _ in range(t_z):
-            np.multiply(cs, ww, out=tt)
-            tt += ss
-            sigmoid(tt, out=tt)
-            tt -= ys
-            tt -= np.multiply(cs, two_lam, out=uu)
-            tt *= eta_z
-            cs += tt
-    return c
+    kern = _line_kernel(model, theta, lam, eta_z)
+    s, yy = _flat_scores(s_x, y, kern.lead)
+    c = np.zeros(s.shape)
+    size = max(1, LINE_CHUNK // kern.K)
+    tasks = [(a, min(a + size, yy.size)) for a in range(0, yy.size, size)]
+
+    def run(task) -> None:
+        a, b = task
+        consts = kern.prepare(s[a:b], yy[a:b])
+        state = c[a:b] if kern.lead == 0 else kern.zeros(s[a:b])  # binary: in place
+        bufs = kern.buffers(state.shape)
+        with kern.errstate():
+            for _ in range(t_z):
+                kern.increment(state, consts, bufs)
+                kern.advance(state, consts, bufs)
+        if kern.lead:
+            c[a:b] = kern.finish(state)
+
+    _run_tasks(run, tasks)
+    return c.reshape(s_x.shape)
 
 
 def local_gradients(
@@ -103,7 +330,7 @@ def local_gradients(
     if not wrm or t_z == 0:
         return model.mean_grad_theta(theta, X, y, weights)
     if fast and getattr(model, "linear", False):
-        s_x = model.margins(theta, X)
+        s_x = model.scores(theta, X)
         c = wrm_line_coefficients(model, theta, s_x, y, lam, eta_z, t_z)
         return model.mean_grad_theta_on_line(theta, X, y, weights, c, s_x)
     Z = wrm_ascent(model, theta, X, y, lam, eta_z, t_z)
@@ -153,22 +380,62 @@ def wrm_line_certified(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fast certified WRM for linear models: ``(c, steps, certificate)``.
 
-    The iterates are those of :func:`wrm_line_coefficients`, bit for bit; shard i stops after
-    ``steps[i]`` of them. ``certificate`` ``(k, n)`` is |(σ − y) − 2λc|·‖w‖/λ_g at the returned
-    c (``inf`` when λ_g ≤ 0); ``mask`` marks real samples (padding never holds a shard back).
+    The iterates are those of :func:`wrm_line_coefficients`, bit for bit (same kernel, same
+    operations); shard i (axis 0) stops after ``steps[i]`` of them, at the first step whose
+    certificate max over its real samples is ≤ ε (or at ``t_z_max``). ``certificate`` ``(k, n)``
+    is ‖∇g(z)‖/λ_g at the returned z, computed exactly on the subspace: |r|·‖w‖/λ_g, or
+    √(rᵀ(WᵀW)r)/λ_g for softmax (``inf`` when λ_g ≤ 0); ``mask`` marks real samples (padding
+    never holds a shard back). Runs on chunks of whole shards, each shard's rows compacted
+    out of its chunk once it stops (no per-step re-indexing).
     """
-    w, _ = model.split(theta)
-    ww = float(w @ w)
-    scale = certificate_scale(lam, model.lipschitz_xx(theta)) * math.sqrt(ww)
-    c = np.zeros_like(s_x)
+    kern = _line_kernel(model, theta, lam, eta_z)
+    k, n = mask.shape
+    lam_scale = certificate_scale(lam, model.lipschitz_xx(theta))
+    scale = lam_scale * kern.norm_scale if not math.isinf(lam_scale) else math.inf
+    s_x = np.asarray(s_x, dtype=np.float64)
+    y = np.broadcast_to(y, (k, n))
+    c = np.zeros(s_x.shape)
+    steps = np.zeros(k, dtype=np.int64)
+    cert = np.full((k, n), np.inf)
+    rows = max(1, LINE_CHUNK // max(1, n * kern.K))
+    tasks = [(a, min(a + rows, k)) for a in range(0, k, rows)]
 
-    def residual(idx, rows):
-        r = (sigmoid(s_x[idx] + rows * ww) - y[idx]) - 2.0 * lam * rows
-        return r, np.abs(r)
+    def take(x, keep):
+        return x[(slice(None),) * kern.lead + (keep,)]
 
-    steps, cert = _certified_loop(
-        c, residual, lambda rows, r: rows + eta_z * r, mask, scale, epsilon, t_z_max
-    )
+    def run(task) -> None:
+        a, b = task
+        ids = np.arange(a, b)
+        m = mask[a:b]
+        consts = kern.prepare(s_x[a:b], y[a:b])
+        state = kern.zeros(s_x[a:b])
+        bufs = kern.buffers(state.shape)
+        norms = np.empty(m.shape)
+        with kern.errstate():
+            for t in range(t_z_max + 1):
+                kern.increment(state, consts, bufs)
+                if math.isinf(scale):
+                    ce = np.full(m.shape, np.inf)
+                else:
+                    kern.residual(state, consts, bufs, norms)
+                    ce = norms * scale
+                worst = np.max(ce, axis=-1, where=m, initial=0.0)
+                done = worst <= epsilon if t < t_z_max else np.ones(ids.size, dtype=bool)
+                if done.any():
+                    fin = ids[done]
+                    c[fin] = kern.finish(take(state, done))
+                    cert[fin], steps[fin] = ce[done], t
+                    if done.all():
+                        return
+                    keep = ~done
+                    ids, m, state = ids[keep], m[keep], take(state, keep)
+                    consts = tuple(take(x, keep) for x in consts)
+                    bufs = kern.buffers(state.shape)
+                    norms = np.empty(m.shape)
+                    kern.increment(state, consts, bufs)  # elementwise: the same values again
+                kern.advance(state, consts, bufs)
+
+    _run_tasks(run, tasks)
     return c, steps, cert
 
 
@@ -220,7 +487,7 @@ def local_gradients_certified(
         )
     mask = weights > 0
     if fast and getattr(model, "linear", False):
-        s_x = model.margins(theta, X)
+        s_x = model.scores(theta, X)
         c, steps, cert = wrm_line_certified(
             model, theta, s_x, y, mask, lam, eta_z, epsilon, t_z_max
         )
