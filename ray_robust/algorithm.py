@@ -114,6 +114,8 @@ class RunState:
     totals: dict = field(default_factory=dict)
     #: a stateful aggregator's state (centered clipping: the previous centre), else None
     aggregator_state: np.ndarray | None = None
+    #: the once-per-run warnings already given (kept in checkpoints: a resumed run is quiet)
+    warned: set[str] = field(default_factory=set)
 
     def to_dict(self) -> dict:
         """A JSON-able snapshot (θ, round, the attack RNG's bit-generator state, the rows)."""
@@ -121,7 +123,8 @@ class RunState:
                 "attack_rng": self.attack_rng.bit_generator.state,
                 "rows": [dict(r) for r in self.rows], "totals": dict(self.totals),
                 "aggregator_state": (None if self.aggregator_state is None
-                                     else [float(v) for v in self.aggregator_state])}
+                                     else [float(v) for v in self.aggregator_state]),
+                "warned": sorted(self.warned)}
 
     @classmethod
     def from_dict(cls, snapshot: dict) -> RunState:
@@ -133,7 +136,8 @@ class RunState:
                    np.random.Generator(bit_generator), [dict(r) for r in snapshot["rows"]],
                    totals=dict(snapshot.get("totals", {})),
                    aggregator_state=(None if snapshot.get("aggregator_state") is None else
-                                     np.asarray(snapshot["aggregator_state"], dtype=np.float64)))
+                                     np.asarray(snapshot["aggregator_state"], dtype=np.float64)),
+                   warned=set(snapshot.get("warned", ())))
 
 
 @dataclass
@@ -150,6 +154,13 @@ class History:
     def final(self) -> dict[str, float]:
         """The last evaluated round's metrics."""
         return self.metrics.iloc[-1].to_dict()
+
+
+def _warn_once(state: RunState, key: str, message: str, category: type[Warning]) -> None:
+    """Warn unless this run (``state``) has already given warning ``key``."""
+    if key not in state.warned:
+        state.warned.add(key)
+        warnings.warn(message, category, stacklevel=4)  # the caller of Server.step
 
 
 class Server:
@@ -188,7 +199,6 @@ class Server:
         self._attack_own = config.attack in USES_OWN
         if config.attack != "none" and k:
             self._attack = ATTACKS[config.attack][0]
-        self._warned: set[str] = set()
 
     def initial_state(self) -> RunState:
         theta0 = self.model.init(
@@ -272,30 +282,29 @@ class Server:
         """Warn once per run when λ ≤ L_zz/2 at the current θ: the WRM subproblem g(z) is then
         not provably strongly concave (λ_g = 2λ − L_zz ≤ 0, Sec. VI-D), so the fixed T_z-step
         ascent has no guarantee. Checked on evaluated rounds, as θ (hence L_zz) changes."""
-        if "concave" in self._warned:
+        if "concave" in state.warned:
             return
         lam, l_zz = self.config.lam, self.model.lipschitz_xx(state.theta)
         if 2 * lam <= l_zz:
-            self._warned.add("concave")
-            warnings.warn(
+            _warn_once(
+                state, "concave",
                 f"Round {state.round}: λ = {lam:g} ≤ L_zz/2 = {l_zz / 2:.4g} at the current θ: "
                 f"the WRM subproblem g(z) = f(θ; z) − λ‖z − x‖² is not provably strongly "
                 f"concave (λ_g = 2λ − L_zz ≤ 0, Sec. VI-D), so its T_z-step ascent may not "
                 f"converge. Raise lam above {l_zz / 2:.4g} (warned once per run).",
-                GuaranteeWarning, stacklevel=3,
+                GuaranteeWarning,
             )
 
     def _refuse_step(self, state: RunState) -> None:
         """Count a refused step (``steps_refused`` in the metrics from then on); warn once."""
         state.totals["steps_refused"] = state.totals.get("steps_refused", 0) + 1
-        if "refused" not in self._warned:
-            self._warned.add("refused")
-            warnings.warn(
-                f"Round {state.round + 1}: the aggregate G overflows (‖G‖ or θ − ηG is not "
-                f"finite: a huge message reached the '{self.config.aggregator}' rule); the step "
-                "is refused and θ kept. Counted in the metrics' steps_refused (warned once per "
-                "run).", RuntimeWarning, stacklevel=3,
-            )
+        _warn_once(
+            state, "refused",
+            f"Round {state.round + 1}: the aggregate G overflows (‖G‖ or θ − ηG is not "
+            f"finite: a huge message reached the '{self.config.aggregator}' rule); the step "
+            "is refused and θ kept. Counted in the metrics' steps_refused (warned once per "
+            "run).", RuntimeWarning,
+        )
 
     def _certified_info(self, state: RunState, info: dict) -> dict:
         """Round statistics of the certified ascent: ε, mean certificate, running step total;
@@ -308,24 +317,24 @@ class Server:
         info.update(epsilon=eps, wrm_steps_total=state.totals["wrm_steps"],
                     wrm_certificate_sum=cert_sum,
                     wrm_certificate_mean=cert_sum / max(info["wrm_samples"], 1))
-        if info.get("wrm_uncertified") and "uncertified" not in self._warned:
-            self._warned.add("uncertified")
+        if info.get("wrm_uncertified") and "uncertified" not in state.warned:
             l_zz = self.model.lipschitz_xx(state.theta)
-            warnings.warn(
+            _warn_once(
+                state, "uncertified",
                 f"Certified ε: no certificate at round {t}: λ_g = 2λ − L_zz = "
                 f"{2 * cfg.lam:g} − {l_zz:.4g} ≤ 0, so g(z) is not provably strongly concave; "
                 f"the ascent ran the cap t_z_max = {cfg.t_z_max} steps. Raise lam above "
                 f"L_zz/2 = {l_zz / 2:.4g} or give t_z instead of epsilon (warned once per run).",
-                GuaranteeWarning, stacklevel=3,
+                GuaranteeWarning,
             )
-        if info.get("wrm_capped") and "capped" not in self._warned:
-            self._warned.add("capped")
-            warnings.warn(
+        if info.get("wrm_capped"):
+            _warn_once(
+                state, "capped",
                 f"Certified ε: {info['wrm_capped']} shard(s) hit t_z_max = {cfg.t_z_max} at "
                 f"round {t} with certificate {info['wrm_certificate_max']:.3g} > ε = {eps:g}; "
                 "raise t_z_max or ε, or use the step eta_z = None = 2/(L_g + λ_g) "
                 "(warned once per run).",
-                GuaranteeWarning, stacklevel=3,
+                GuaranteeWarning,
             )
         return info
 

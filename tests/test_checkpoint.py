@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ import pytest
 
 from ray_robust import Config, resume, train
 from ray_robust.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from ray_robust.config import GuaranteeWarning
 
 CFG = Config(alpha=0.15, attack="intelligent", shift_norm="l2", shift_eps=0.3, rounds=60)
 
@@ -114,3 +116,15 @@ def test_schedules_round_trip_exactly_through_a_checkpoint(data_dir, tmp_path):
     train(cfg, checkpoint_dir=tmp_path, checkpoint_every=2)
     loaded, _ = load_checkpoint(tmp_path)
     assert loaded == cfg
+
+
+def test_a_resumed_run_does_not_repeat_its_once_per_run_warnings(data_dir, tmp_path):
+    """λ far below L_zz/2 warns once per run; the checkpoint remembers it was given."""
+    cfg = Config(lam=0.01, rounds=20, eval_every=5)
+    with pytest.warns(GuaranteeWarning, match="not provably strongly concave"):
+        train(cfg.replace(rounds=10), checkpoint_dir=tmp_path, checkpoint_every=5)
+    _, state = load_checkpoint(tmp_path)
+    assert state.warned == {"concave"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GuaranteeWarning)
+        assert train(cfg, state=state).metrics["round"].iloc[-1] == 20
