@@ -227,6 +227,9 @@ class Server:
                 rejected = rejected & ~self.byzantine
                 bad = ~np.isfinite(grads).all(axis=1)
                 grads[bad], rejected = np.nan, rejected | bad
+            else:  # no honest message arrived (Ray: all timed out): there is nothing to attack
+                # with, and the byzantine rows must not pass for honest ones: they count as lost
+                grads[self.byzantine], rejected = np.nan, rejected | self.byzantine
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below
             try:
                 if self._stateful:

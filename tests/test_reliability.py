@@ -241,3 +241,15 @@ def test_in_process_aggregation_error_names_the_round(problem):
     server.step(state, grads)
     with pytest.raises(AggregationError, match=r"^Round 2 of 5: NBS: no valid message"):
         server.step(state, [None] * cfg.n_workers)
+
+
+def test_byzantine_rows_never_pass_for_honest_ones(problem):
+    """When every honest message is lost (a Ray round timeout), the byzantine workers' rows are
+    not averaged as if honest: they count as lost too, and the round fails with a clear error."""
+    cfg = Config(rounds=5, seed=0, alpha=0.15, attack="aggressive", aggregator="mean")
+    server = Server(cfg, problem)
+    state = server.initial_state()
+    grads, _ = honest_gradients(cfg, server.model, state.theta, problem.shards, 0)
+    messages = [g if b else None for g, b in zip(grads, server.byzantine, strict=True)]
+    with pytest.raises(AggregationError, match=r"^Round 1 of 5: mean: none of the 20"):
+        server.step(state, messages)
