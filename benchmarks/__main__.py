@@ -1,8 +1,11 @@
-"""``python -m benchmarks [--quick] [--only P1,P2] [--out CSV]``: the benchmarks of issue 8.
+"""``python -m benchmarks [--quick] [--only IDS] [--out CSV] [--profile DIR]``: issue 8.
 
 Runs each selected benchmark (warm-up, interleaved repeats, medians), prints the ratios next
 to their targets with the machine's load average, and writes them as CSV. Benchmarks never
-gate CI: ``--quick`` runs tiny sizes so a test can check that they still run.
+gate CI: ``--quick`` runs tiny sizes so a test can check that they still run. ``--profile DIR``
+also samples each benchmark's driver process with pyinstrument (the ``profile`` extra) and
+writes ``DIR/<id>.txt``; Ray actors run in other processes: sample them with
+``py-spy record --pid <actor pid>``.
 
 | id | workload | ratio | target |
 | P1 | Spambase, m = 20, T_z = 10, Alg. 2 | Ray auto ÷ (no-op round trip + in-process) | ≤ 1.3 |
@@ -38,7 +41,22 @@ def _ids(text: str) -> list[str]:
     return ids
 
 
-def run(ids: list[str], quick: bool, log=print) -> list[Result]:
+def _profiled(fn, name: str, profile_dir: Path | None, log):
+    """``fn()``, sampled by pyinstrument into ``profile_dir/<name>.txt`` when asked."""
+    if profile_dir is None:
+        return fn()
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.001)
+    with profiler:
+        out = fn()
+    path = profile_dir / f"{name.replace(', ', '_')}.txt"
+    path.write_text(profiler.output_text(unicode=True, color=False))
+    log(f"[{name}] profile of the driver: {path}")
+    return out
+
+
+def run(ids: list[str], quick: bool, log=print, profile_dir: Path | None = None) -> list[Result]:
     """Run the benchmarks ``ids`` in an order that shares one Ray instance (P3 starts its own,
     after that one is shut down) and returns their results."""
     results: list[Result] = []
@@ -46,7 +64,7 @@ def run(ids: list[str], quick: bool, log=print) -> list[Result]:
     def step(name: str, fn) -> None:
         t0 = time.perf_counter()
         log(f"[{name}] running{' (quick)' if quick else ''} …")
-        out = fn()
+        out = _profiled(fn, name, profile_dir, log)
         results.extend(out)
         log(f"[{name}] done in {time.perf_counter() - t0:.1f} s: "
             + "; ".join(f"{r.metric} = {r.ratio:.2f}" for r in out))
@@ -94,12 +112,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated ids, e.g. P1,P2 (default: all)")
     parser.add_argument("--out", type=Path, default=None,
                         help="CSV file (default: benchmarks/results[_quick].csv)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="sample each benchmark's driver with pyinstrument into DIR/<id>.txt")
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        try:
+            import pyinstrument  # noqa: F401
+        except ImportError:
+            parser.error("--profile needs pyinstrument: pip install -e '.[profile]'")
+        args.profile.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_ROBUST_DATA_DIR",
                           str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    results = run(args.only, args.quick, log=lambda s: print(s, file=sys.stderr, flush=True))
+    results = run(args.only, args.quick, log=lambda s: print(s, file=sys.stderr, flush=True),
+                  profile_dir=args.profile)
     load_after = os.getloadavg()
     import ray
 

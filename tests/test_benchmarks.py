@@ -46,10 +46,14 @@ def test_only_rejects_unknown_ids():
 
 
 @pytest.mark.parametrize("only", ["P6", "p5,P6"])
-def test_only_runs_the_selection(tmp_path, only):
-    out = tmp_path / "b.csv"
+def test_only_runs_the_selection_and_profiles_it(tmp_path, only):
+    out, prof = tmp_path / "b.csv", tmp_path / "prof"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", only,
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                           "--out", str(out), "--profile", str(prof)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert {r["id"] for r in csv.DictReader(out.open())} == {s.upper() for s in only.split(",")}
+    ids = {s.upper() for s in only.split(",")}
+    assert {r["id"] for r in csv.DictReader(out.open())} == ids
+    # one pyinstrument profile per benchmark run, naming the code it timed
+    assert {p.stem for p in prof.iterdir()} == ids
+    assert "nbs" in (prof / "P6.txt").read_text()

@@ -129,7 +129,7 @@ def nbs(grads: np.ndarray, beta: float, weights: np.ndarray | None = None) -> Ag
 
 
 #: row width from which :func:`_sum_rows` adds row by row (below it, one masked reduction)
-ROW_BY_ROW_WIDTH = 1024
+ROW_BY_ROW_WIDTH = 4096
 
 
 def _sum_rows(grads: np.ndarray, kept: np.ndarray) -> np.ndarray:
