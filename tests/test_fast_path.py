@@ -176,8 +176,8 @@ def _run(cfg, problem, fast, monkeypatch):
     with monkeypatch.context() as mp:
         for fn in ("local_gradients", "local_gradients_certified"):
             mp.setattr(algorithm, fn, functools.partial(getattr(wrm, fn), fast=fast))
-        mp.setattr(wrm, "wrm_line_coefficients", counted(wrm.wrm_line_coefficients, "line"))
-        mp.setattr(wrm, "wrm_line_certified", counted(wrm.wrm_line_certified, "line"))
+        mp.setattr(wrm, "_line_fixed", counted(wrm._line_fixed, "line"))
+        mp.setattr(wrm, "_line_certified", counted(wrm._line_certified, "line"))
         mp.setattr(wrm, "wrm_ascent", counted(wrm.wrm_ascent, "explicit"))
         mp.setattr(wrm, "wrm_ascent_certified", counted(wrm.wrm_ascent_certified, "explicit"))
         with warnings.catch_warnings():

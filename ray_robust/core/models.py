@@ -121,14 +121,18 @@ class _LinearGLM:
         weights: np.ndarray,
         c: np.ndarray,
         s_x: np.ndarray,
+        residual: np.ndarray | None = None,
     ) -> np.ndarray:
         """As :meth:`mean_grad_theta` for z = x + c·w, without forming z (the fast path).
 
         With s_z = s_x + c‖w‖²: Σ r z = Xᵀr + (Σ r c)·w, so one pass over X suffices.
+        ``residual``: μ(s_z) − y if the caller has it (the WRM kernel does; it is overwritten).
         """
         w, _ = self.split(theta)
-        r = self._mean_inplace(s_x + c * (w @ w))
-        r -= y
+        if residual is None:
+            residual = self._mean_inplace(s_x + c * (w @ w))
+            residual -= y
+        r = residual
         r *= weights  # (k, n)
         gw = np.matmul(r[:, None, :], X)[:, 0, :] + (r * c).sum(axis=-1)[:, None] * w
         return np.concatenate([gw, r.sum(axis=-1, keepdims=True)], axis=-1)
@@ -222,11 +226,14 @@ class SoftmaxRegression:
         gb = (weights[..., None] * R).sum(axis=1)
         return np.concatenate([_weighted_theta_grad(R, Z, weights), gb], axis=-1)
 
-    def mean_grad_theta_on_line(self, theta, X, y, weights, c, s_x) -> np.ndarray:
+    def mean_grad_theta_on_line(self, theta, X, y, weights, c, s_x, residual=None):
         """As :meth:`mean_grad_theta` for z = x + Wc (``c`` ``(k, n, K)``, ``s_x`` the logits
-        at x), without forming z: Σ z ⊗ r = Σ x ⊗ r + W·Σ c ⊗ r, one pass over X."""
+        at x), without forming z: Σ z ⊗ r = Σ x ⊗ r + W·Σ c ⊗ r, one pass over X.
+        ``residual``: softmax(S_z) − e_y if the caller has it (the WRM kernel does)."""
         W, _ = self.split(theta)
-        R = softmax(s_x + c @ self.line_gram(theta), axis=-1) - self._onehot(y)
+        R = residual
+        if R is None:
+            R = softmax(s_x + c @ self.line_gram(theta), axis=-1) - self._onehot(y)
         wR = weights[..., None] * R
         gW = np.einsum("knd,knc->kdc", X, wR) + W @ np.einsum("knj,knc->kjc", c, wR)
         return np.concatenate([gW.reshape(X.shape[0], -1), wR.sum(axis=1)], axis=-1)

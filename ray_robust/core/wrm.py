@@ -57,14 +57,15 @@ def wrm_ascent(model, theta, X, y, lam: float, eta_z: float, t_z: int) -> np.nda
 
 # ---- the exact fast path for linear models (issue 8, P5) ----------------------------------
 #
-# With z = x + c·w (z = x + Wc for softmax), ∇g(z) = w·[∂f/∂s(s_z) − 2λc] and s_z = s_x + Gc
-# (G = ‖w‖², or WᵀW), so the ascent z ← z + η_z∇g(z) is exactly c ← c + η_z·r with the
-# residual r = ∂f/∂s(s_x + Gc) − y-term − 2λc, and ‖∇g(z)‖ = ‖w‖·|r| (√(rᵀGr) for softmax).
-# A kernel runs that recursion on a chunk of samples, in place, written as
-# c ← a·c + η_z·μ(s_x + Gc) − η_z·y with a = 1 − 2λη_z (η_z·y precomputed per chunk): fewer
-# elementwise passes than evaluating r. Every operation is elementwise (softmax's K×K products
-# are written out as K² scaled adds, never BLAS), so a sample's bits depend on its own values
-# only: not on its chunk, the thread that ran it, or which shards share the stack.
+# With z = x + c·w (z = x + Wc for softmax), ∇g(z) = w·r with the residual
+# r = ∂f/∂s(s_x + Gc) − 2λc (G = ‖w‖², or WᵀW), so the ascent z ← z + η_z∇g(z) is exactly
+# c ← c + η_z·r, and ‖∇g(z)‖ = ‖w‖·|r| (√(rᵀGr) for softmax). A kernel runs that recursion on
+# a chunk of samples in place, written as c ← a·c + η_z·μ(s_x + Gc) − η_z·y with a = 1 − 2λη_z
+# (η_z·y precomputed per chunk): fewer elementwise passes than evaluating r. At the end it also
+# gives ∂f/∂s at z_T (μ(s_z) − y), which the θ-gradient needs, while the chunk is in cache.
+# Every operation is elementwise (softmax's K×K products are written out as K² scaled adds,
+# never BLAS), so a sample's bits depend on its own values only: not on its chunk, the thread
+# that ran it, or which shards share the stack.
 
 
 class _LogisticLine:
@@ -77,8 +78,8 @@ class _LogisticLine:
         self.a, self.two_lam_eta = 1.0 - 2.0 * lam * eta, 2.0 * lam * eta
         self.norm_scale = math.sqrt(self.ww) / eta  # ‖∇g‖ = ‖w‖·|η_z r|/η_z
 
-    def prepare(self, s, y):
-        return s, np.multiply(y, self.eta)  # s_x (a view), q = η_z·y
+    def prepare(self, s, y) -> tuple:
+        return s, np.multiply(y, self.eta), y  # s_x and y are views; q = η_z·y
 
     def zeros(self, s):
         return np.zeros(s.shape)
@@ -86,13 +87,17 @@ class _LogisticLine:
     def buffers(self, shape):
         return np.empty(shape)
 
+    def _sigmoid(self, c, s, out, scale: float) -> None:
+        """out = scale·σ(s + ‖w‖²c) = scale/(1 + e^{−‖w‖²c − s}) (e^{…} = inf gives 0)."""
+        np.multiply(c, -self.ww, out=out)
+        out -= s
+        np.exp(out, out=out)
+        out += 1.0
+        np.divide(scale, out, out=out)
+
     def increment(self, c, consts, t) -> None:
-        """t = η_z·σ(s_x + ‖w‖²c) = η_z/(1 + e^{−‖w‖²c − s_x})."""
-        np.multiply(c, -self.ww, out=t)
-        t -= consts[0]
-        np.exp(t, out=t)
-        t += 1.0
-        np.divide(self.eta, t, out=t)
+        """t = η_z·σ(s_x + ‖w‖²c)."""
+        self._sigmoid(c, consts[0], t, self.eta)
 
     def advance(self, c, consts, t) -> None:
         c *= self.a
@@ -100,17 +105,22 @@ class _LogisticLine:
         c -= consts[1]
 
     def residual(self, c, consts, t, out) -> None:
-        """out = |η_z·r| = |η_zσ − η_z·y − 2λη_z·c| per sample."""
+        """out = |η_z·r| = |η_zσ − η_z·y − 2λη_z·c| per sample (after :meth:`increment`)."""
         np.multiply(c, -self.two_lam_eta, out=out)
         out += t
         out -= consts[1]
         np.abs(out, out=out)
 
+    def final(self, c, consts, bufs, out) -> None:
+        """out = ∂f/∂s at z = σ(s_x + ‖w‖²c) − y (the bits of ``sigmoid(s_z) − y``)."""
+        self._sigmoid(c, consts[0], out, 1.0)
+        out -= consts[2]
+
     def finish(self, c):
         return c
 
     def errstate(self):
-        return np.errstate(over="ignore")  # e^{…} → inf is σ → 0, exactly
+        return np.errstate(over="ignore")
 
 
 class _IdentityLine(_LogisticLine):
@@ -119,13 +129,13 @@ class _IdentityLine(_LogisticLine):
 
     def __init__(self, gram: float, lam: float, eta: float):
         super().__init__(gram, lam, eta)
-        self.b = 1.0 + eta * (self.ww - 2.0 * lam)
         self.b1 = eta * (self.ww - 2.0 * lam)
+        self.b = 1.0 + self.b1
 
-    def prepare(self, s, y):
+    def prepare(self, s, y) -> tuple:
         p = np.subtract(s, y)
         p *= self.eta
-        return (p,)
+        return p, s, y
 
     def increment(self, c, consts, t) -> None:
         pass
@@ -139,6 +149,12 @@ class _IdentityLine(_LogisticLine):
         np.multiply(c, self.b1, out=out)
         out += consts[0]
         np.abs(out, out=out)
+
+    def final(self, c, consts, bufs, out) -> None:
+        """out = ∂f/∂s at z = s_x + ‖w‖²c − y."""
+        np.multiply(c, self.ww, out=out)
+        out += consts[1]
+        out -= consts[2]
 
     def errstate(self):
         return contextlib.nullcontext()
@@ -156,16 +172,16 @@ class _SoftmaxLine:
         self.eta, self.a, self.two_lam_eta = eta, 1.0 - 2.0 * lam * eta, 2.0 * lam * eta
         self.norm_scale = 1.0 / eta  # ‖∇g‖ = ‖W(η_z r)‖/η_z = √((ηr)ᵀG(ηr))/η_z
 
-    def prepare(self, s, y):
+    def prepare(self, s, y) -> tuple:
         S = np.ascontiguousarray(np.moveaxis(s, -1, 0))
-        Q = np.stack([np.where(y == j, self.eta, 0.0) for j in range(self.K)])
-        return S, Q
+        E = np.stack([(y == j).astype(np.float64) for j in range(self.K)])  # e_y
+        return S, E * self.eta, E
 
     def zeros(self, s):
         return np.zeros((self.K, *s.shape[:-1]))
 
     def buffers(self, shape):
-        return np.empty((self.K, *shape[1:])), np.empty(shape[1:]), np.empty(shape)
+        return np.empty(shape), np.empty(shape[1:]), np.empty(shape)
 
     def _times_gram(self, C, out, tmp) -> None:
         """out_i = Σ_j G_ji C_j, as scaled adds in a fixed order."""
@@ -174,21 +190,24 @@ class _SoftmaxLine:
             for j in range(1, self.K):
                 out[i] += np.multiply(C[j], self.G[j, i], out=tmp)
 
+    def _softmax(self, C, S, out, tmp, scale: float) -> None:
+        """out = scale·softmax(S + GC), stabilized by the per-sample maximum."""
+        self._times_gram(C, out, tmp)
+        out += S
+        np.copyto(tmp, out[0])
+        for i in range(1, self.K):
+            np.maximum(tmp, out[i], out=tmp)
+        out -= tmp
+        np.exp(out, out=out)
+        np.copyto(tmp, out[0])
+        for i in range(1, self.K):
+            tmp += out[i]
+        np.divide(scale, tmp, out=tmp)
+        out *= tmp
+
     def increment(self, C, consts, bufs) -> None:
-        """T = η_z·softmax(S_x + GC), stabilized by the per-sample maximum."""
-        T, tmp, _ = bufs
-        self._times_gram(C, T, tmp)
-        T += consts[0]
-        np.copyto(tmp, T[0])
-        for i in range(1, self.K):
-            np.maximum(tmp, T[i], out=tmp)
-        T -= tmp
-        np.exp(T, out=T)
-        np.copyto(tmp, T[0])
-        for i in range(1, self.K):
-            tmp += T[i]
-        np.divide(self.eta, tmp, out=tmp)
-        T *= tmp
+        """T = η_z·softmax(S_x + GC)."""
+        self._softmax(C, consts[0], bufs[0], bufs[1], self.eta)
 
     def advance(self, C, consts, bufs) -> None:
         C *= self.a
@@ -196,7 +215,7 @@ class _SoftmaxLine:
         C -= consts[1]
 
     def residual(self, C, consts, bufs, out) -> None:
-        """out = ‖W(η_z r)‖ = √(Σ_i R_i (GR)_i) with R = η_z r = T − Q − 2λη_z·C."""
+        """out = ‖W(η_z r)‖ = √(Σ_i R_i (GR)_i) with R = η_z r = T − η_z·e_y − 2λη_z·C."""
         T, tmp, R = bufs
         np.multiply(C, -self.two_lam_eta, out=R)
         R += T
@@ -208,6 +227,11 @@ class _SoftmaxLine:
             out += np.multiply(R[i], GR[i], out=tmp)
         np.maximum(out, 0.0, out=out)  # G is PSD: only rounding can make it negative
         np.sqrt(out, out=out)
+
+    def final(self, C, consts, bufs, out) -> None:
+        """out = ∂f/∂S at z = softmax(S_x + GC) − e_y."""
+        self._softmax(C, consts[0], out, bufs[1], 1.0)
+        out -= consts[2]
 
     def finish(self, C):
         return np.moveaxis(C, 0, -1)
@@ -272,12 +296,33 @@ def _run_tasks(fn, tasks: list) -> None:
             f.result()
 
 
-def _flat_scores(s_x, y, lead: int):
-    """Scores and labels flattened over samples: ``(N,)`` (or ``(N, K)``) and ``(N,)``."""
-    tail = s_x.shape[s_x.ndim - lead:]
+def _line_fixed(model, theta, s_x, y, lam: float, eta_z: float, t_z: int):
+    """``(c_T, ∂f/∂s at z_T)``, both shaped like ``s_x``: T_z kernel steps per chunk of samples
+    (``LINE_CHUNK`` scalars), the chunks spread over threads."""
+    kern = _line_kernel(model, theta, lam, eta_z)
+    tail = s_x.shape[s_x.ndim - kern.lead:]
     s = np.ascontiguousarray(s_x, dtype=np.float64).reshape(-1, *tail)
-    yy = np.ascontiguousarray(np.broadcast_to(y, s_x.shape[: s_x.ndim - lead]), np.float64)
-    return s, yy.reshape(-1)
+    yy = np.ascontiguousarray(np.broadcast_to(y, s_x.shape[: s_x.ndim - kern.lead]),
+                              dtype=np.float64).reshape(-1)
+    c, r = np.zeros(s.shape), np.empty(s.shape)
+    size = max(1, LINE_CHUNK // kern.K)
+
+    def run(a: int) -> None:
+        b = min(a + size, yy.size)
+        consts = kern.prepare(s[a:b], yy[a:b])
+        state = c[a:b] if kern.lead == 0 else kern.zeros(s[a:b])  # binary: in place
+        bufs = kern.buffers(state.shape)
+        out = r[a:b] if kern.lead == 0 else np.empty(state.shape)
+        with kern.errstate():
+            for _ in range(t_z):
+                kern.increment(state, consts, bufs)
+                kern.advance(state, consts, bufs)
+            kern.final(state, consts, bufs, out)
+        if kern.lead:
+            c[a:b], r[a:b] = kern.finish(state), kern.finish(out)
+
+    _run_tasks(run, list(range(0, yy.size, size)))
+    return c.reshape(s_x.shape), r.reshape(s_x.shape)
 
 
 def wrm_line_coefficients(model, theta, s_x, y, lam: float, eta_z: float, t_z: int) -> np.ndarray:
@@ -286,26 +331,7 @@ def wrm_line_coefficients(model, theta, s_x, y, lam: float, eta_z: float, t_z: i
 
     The iterates of :func:`wrm_ascent` (up to rounding): c ← c + η_z·r, r the residual above.
     """
-    kern = _line_kernel(model, theta, lam, eta_z)
-    s, yy = _flat_scores(s_x, y, kern.lead)
-    c = np.zeros(s.shape)
-    size = max(1, LINE_CHUNK // kern.K)
-    tasks = [(a, min(a + size, yy.size)) for a in range(0, yy.size, size)]
-
-    def run(task) -> None:
-        a, b = task
-        consts = kern.prepare(s[a:b], yy[a:b])
-        state = c[a:b] if kern.lead == 0 else kern.zeros(s[a:b])  # binary: in place
-        bufs = kern.buffers(state.shape)
-        with kern.errstate():
-            for _ in range(t_z):
-                kern.increment(state, consts, bufs)
-                kern.advance(state, consts, bufs)
-        if kern.lead:
-            c[a:b] = kern.finish(state)
-
-    _run_tasks(run, tasks)
-    return c.reshape(s_x.shape)
+    return _line_fixed(model, theta, s_x, y, lam, eta_z, t_z)[0]
 
 
 def local_gradients(
@@ -325,14 +351,15 @@ def local_gradients(
 
     ``X`` is ``(k, n, d)``, ``y`` and ``weights`` ``(k, n)``; returns ``(k, p)``: for each shard
     the weighted mean of ∇_θ f(θ; z) at the ε-optimal perturbed samples z (or at z = x when
-    ``wrm`` is off: ERM and NBS). Both engines call this very function.
+    ``wrm`` is off: ERM and NBS). Both engines call this very function. ``fast`` (default)
+    takes the exact fast path for a ``linear`` model; ``fast=False`` the explicit ascent.
     """
     if not wrm or t_z == 0:
         return model.mean_grad_theta(theta, X, y, weights)
     if fast and getattr(model, "linear", False):
         s_x = model.scores(theta, X)
-        c = wrm_line_coefficients(model, theta, s_x, y, lam, eta_z, t_z)
-        return model.mean_grad_theta_on_line(theta, X, y, weights, c, s_x)
+        c, r = _line_fixed(model, theta, s_x, y, lam, eta_z, t_z)
+        return model.mean_grad_theta_on_line(theta, X, y, weights, c, s_x, residual=r)
     Z = wrm_ascent(model, theta, X, y, lam, eta_z, t_z)
     return model.mean_grad_theta(theta, Z, y, weights)
 
@@ -347,7 +374,7 @@ def certificate_scale(lam: float, l_zz: float) -> float:
 
 
 def _certified_loop(state, residual, advance, mask, scale, epsilon, t_z_max):
-    """The adaptive ascent shared by both paths, deciding per shard (axis 0).
+    """The adaptive ascent of the explicit (reference) path, deciding per shard (axis 0).
 
     ``residual(idx, state_rows) -> (r, norms)`` gives the step direction and ‖∇g‖ per sample
     for shards ``idx``; ``advance(state_rows, r) -> new rows`` is the fixed-step update. Shard i
@@ -375,38 +402,25 @@ def _certified_loop(state, residual, advance, mask, scale, epsilon, t_z_max):
     return steps, cert
 
 
-def wrm_line_certified(
-    model, theta, s_x, y, mask, lam: float, eta_z: float, epsilon: float, t_z_max: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fast certified WRM for linear models: ``(c, steps, certificate)``.
-
-    The iterates are those of :func:`wrm_line_coefficients`, bit for bit (same kernel, same
-    operations); shard i (axis 0) stops after ``steps[i]`` of them, at the first step whose
-    certificate max over its real samples is ≤ ε (or at ``t_z_max``). ``certificate`` ``(k, n)``
-    is ‖∇g(z)‖/λ_g at the returned z, computed exactly on the subspace: |r|·‖w‖/λ_g, or
-    √(rᵀ(WᵀW)r)/λ_g for softmax (``inf`` when λ_g ≤ 0); ``mask`` marks real samples (padding
-    never holds a shard back). Runs on chunks of whole shards, each shard's rows compacted
-    out of its chunk once it stops (no per-step re-indexing).
-    """
+def _line_certified(model, theta, s_x, y, mask, lam, eta_z, epsilon, t_z_max):
+    """``(c, steps, certificate, ∂f/∂s at z)``: see :func:`wrm_line_certified`."""
     kern = _line_kernel(model, theta, lam, eta_z)
     k, n = mask.shape
     lam_scale = certificate_scale(lam, model.lipschitz_xx(theta))
     scale = lam_scale * kern.norm_scale if not math.isinf(lam_scale) else math.inf
     s_x = np.asarray(s_x, dtype=np.float64)
     y = np.broadcast_to(y, (k, n))
-    c = np.zeros(s_x.shape)
+    c, r = np.zeros(s_x.shape), np.empty(s_x.shape)
     steps = np.zeros(k, dtype=np.int64)
     cert = np.full((k, n), np.inf)
     rows = max(1, LINE_CHUNK // max(1, n * kern.K))
-    tasks = [(a, min(a + rows, k)) for a in range(0, k, rows)]
 
     def take(x, keep):
         return x[(slice(None),) * kern.lead + (keep,)]
 
-    def run(task) -> None:
-        a, b = task
-        ids = np.arange(a, b)
-        m = mask[a:b]
+    def run(a: int) -> None:
+        b = min(a + rows, k)
+        ids, m = np.arange(a, b), mask[a:b]
         consts = kern.prepare(s_x[a:b], y[a:b])
         state = kern.zeros(s_x[a:b])
         bufs = kern.buffers(state.shape)
@@ -421,22 +435,40 @@ def wrm_line_certified(
                     ce = norms * scale
                 worst = np.max(ce, axis=-1, where=m, initial=0.0)
                 done = worst <= epsilon if t < t_z_max else np.ones(ids.size, dtype=bool)
-                if done.any():
-                    fin = ids[done]
-                    c[fin] = kern.finish(take(state, done))
+                if done.any():  # stopped shards leave the chunk: c, ∂f/∂s, certificate, steps
+                    fin, f_state = ids[done], take(state, done)
+                    out = np.empty(f_state.shape)
+                    kern.final(f_state, tuple(take(x, done) for x in consts),
+                               kern.buffers(f_state.shape), out)
+                    c[fin], r[fin] = kern.finish(f_state), kern.finish(out)
                     cert[fin], steps[fin] = ce[done], t
                     if done.all():
                         return
                     keep = ~done
                     ids, m, state = ids[keep], m[keep], take(state, keep)
                     consts = tuple(take(x, keep) for x in consts)
-                    bufs = kern.buffers(state.shape)
-                    norms = np.empty(m.shape)
+                    bufs, norms = kern.buffers(state.shape), np.empty(m.shape)
                     kern.increment(state, consts, bufs)  # elementwise: the same values again
                 kern.advance(state, consts, bufs)
 
-    _run_tasks(run, tasks)
-    return c, steps, cert
+    _run_tasks(run, list(range(0, k, rows)))
+    return c, steps, cert, r
+
+
+def wrm_line_certified(
+    model, theta, s_x, y, mask, lam: float, eta_z: float, epsilon: float, t_z_max: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fast certified WRM for linear models: ``(c, steps, certificate)``.
+
+    The iterates are those of :func:`wrm_line_coefficients`, bit for bit (same kernel, same
+    operations); shard i (axis 0) stops after ``steps[i]`` of them, at the first step whose
+    certificate max over its real samples is ≤ ε (or at ``t_z_max``). ``certificate`` ``(k, n)``
+    is ‖∇g(z)‖/λ_g at the returned z, computed exactly on the subspace: |r|·‖w‖/λ_g, or
+    √(rᵀ(WᵀW)r)/λ_g for softmax (``inf`` when λ_g ≤ 0); ``mask`` marks real samples (padding
+    never holds a shard back). Runs on chunks of whole shards, each shard's rows compacted
+    out of its chunk once it stops (no per-step re-indexing).
+    """
+    return _line_certified(model, theta, s_x, y, mask, lam, eta_z, epsilon, t_z_max)[:3]
 
 
 def wrm_ascent_certified(
@@ -488,10 +520,10 @@ def local_gradients_certified(
     mask = weights > 0
     if fast and getattr(model, "linear", False):
         s_x = model.scores(theta, X)
-        c, steps, cert = wrm_line_certified(
+        c, steps, cert, r = _line_certified(
             model, theta, s_x, y, mask, lam, eta_z, epsilon, t_z_max
         )
-        grads = model.mean_grad_theta_on_line(theta, X, y, weights, c, s_x)
+        grads = model.mean_grad_theta_on_line(theta, X, y, weights, c, s_x, residual=r)
     else:
         Z, steps, cert = wrm_ascent_certified(
             model, theta, X, y, mask, lam, eta_z, epsilon, t_z_max
