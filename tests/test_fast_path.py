@@ -131,6 +131,36 @@ def test_no_dependence_on_chunks_threads_or_grouping(name, monkeypatch):
         assert np.array_equal(a, b[sub])
 
 
+def test_both_logistic_kernels_and_w_zero(monkeypatch):
+    """The margin-move form (6 passes a step) and the plain form (any ‖w‖, also w = 0) give the
+    same iterates, certificates and stopping steps."""
+    model, theta, X, y, weights = _case("logistic", np.random.default_rng(7), k=6, n=30)
+    mask = weights > 0
+    assert wrm._line_kernel(model, theta, LAM, ETA).__class__.__name__ == "_LogisticMarginLine"
+
+    def run():
+        s_x = model.scores(theta, X)
+        return (*wrm._line_fixed(model, theta, s_x, y, LAM, ETA, 9),
+                *wrm._line_certified(model, theta, s_x, y, mask, LAM, ETA, 1e-3, 40))
+
+    margin = run()
+    monkeypatch.setattr(wrm, "MARGIN_FORM_MIN_GRAM", np.inf)
+    assert wrm._line_kernel(model, theta, LAM, ETA).__class__.__name__ == "_LogisticLine"
+    plain = run()
+    for a, b in zip(margin, plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(margin[3], plain[3])  # the same stopping steps
+    theta[:-1] = 0.0  # w = 0: z = x whatever c is; the certificate is 0 at once
+    monkeypatch.setattr(wrm, "MARGIN_FORM_MIN_GRAM", 1e-100)
+    c = wrm.wrm_line_coefficients(model, theta, model.scores(theta, X), y, LAM, ETA, 5)
+    assert np.isfinite(c).all() and np.abs(c).max() > 0
+    _, steps, cert = wrm.wrm_line_certified(model, theta, model.scores(theta, X), y, mask, LAM,
+                                            ETA, 1e-9, 40)
+    assert (steps == 0).all() and (cert == 0).all()
+    fast = wrm.local_gradients(model, theta, X, y, weights, wrm=True, lam=LAM, eta_z=ETA, t_z=5)
+    np.testing.assert_allclose(fast, model.mean_grad_theta(theta, X, y, weights), rtol=1e-14)
+
+
 def test_thread_count_setting(monkeypatch):
     monkeypatch.setenv("RAY_ROBUST_WRM_THREADS", "3")
     assert wrm.line_threads() == 3
