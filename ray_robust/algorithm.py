@@ -208,11 +208,13 @@ class Server:
         return RunState(theta0, 0, np.random.default_rng(self._attack_seq))
 
     def step(
-        self, state: RunState, messages: Sequence[Any] | np.ndarray, info: dict | None = None
+        self, state: RunState, messages: Sequence[Any] | np.ndarray, info: dict | None = None,
+        *, updated: Callable[[], None] | None = None,
     ) -> dict | None:
         """One round's server side (Algorithm 2, lines 9–11); updates ``state`` in place.
 
-        Returns the round's metrics row when this round is evaluated, else None.
+        Returns the round's metrics row when this round is evaluated, else None. ``updated()``
+        is called once θ_{t+1} and the round counter are final, before the evaluation.
         """
         cfg = self.config
         grads, rejected = validate_messages(messages, self.p)
@@ -252,6 +254,8 @@ class Server:
             self._check_diverged(state, messages)
             self._refuse_step(state)
         state.round += 1
+        if updated is not None:
+            updated()
         if state.round % cfg.eval_every and state.round != cfg.rounds:
             return None
         if cfg.wrm and cfg.epsilon_at(state.round - 1) is None:
@@ -449,14 +453,23 @@ def run(
     """Algorithm 2's loop: for t < T, messages = compute(θ_t, t); θ_{t+1} = server step.
 
     ``state`` continues a run (e.g. from a checkpoint); ``checkpoint(state)`` is called every
-    ``checkpoint_every`` rounds and at the end.
+    ``checkpoint_every`` rounds and at the end. When ``compute`` has a ``launch(theta, t)``
+    method (the Ray engine), it is called as soon as θ_{t+1} is known, before the server
+    evaluates it: the workers compute round t+1 meanwhile, and ``compute(θ_{t+1}, t + 1)`` then
+    collects their messages.
     """
     state = server.initial_state() if state is None else state
     t0 = time.perf_counter()
     rounds = server.config.rounds
+    launch = getattr(compute, "launch", None)
+
+    def updated() -> None:
+        if state.round < rounds:
+            launch(state.theta, state.round)
+
     while state.round < rounds:
         messages, info = compute(state.theta, state.round)
-        row = server.step(state, messages, info)
+        row = server.step(state, messages, info, updated=updated if launch else None)
         if progress is not None and row is not None and (
             state.round % progress_every == 0 or state.round == rounds
         ):

@@ -242,6 +242,68 @@ def test_malformed_actor_replies_never_crash_the_gather():
     ):
         messages, info = gather._assemble(results)
         assert len(messages) == 3 and isinstance(info, dict)
+    # gradient stacks sent as bytes: k·p float64 are read back, any other length is dropped
+    good, short = np.arange(10.0).tobytes(), bytes(39)
+    messages, _ = gather._assemble([(good, {}), (short, {})], p=5)
+    np.testing.assert_array_equal(messages[0], np.arange(5.0))
+    assert messages[2] is None
+    messages, _ = gather._assemble([(good, {}), (np.arange(5.0).tobytes(), {})], p=5)
+    np.testing.assert_array_equal(messages, np.arange(15.0).reshape(3, 5) % 10)
+
+
+def test_run_launches_the_next_round_before_evaluating(problem):
+    """run() calls compute.launch(θ_{t+1}, t + 1) once θ_{t+1} is known, before the server's
+    evaluation, and never past the last round; compute then gets that very θ."""
+    cfg = make_config(algorithm="alg2", attack="none", rounds=4)
+    server = Server(cfg, problem)
+    events: list[tuple] = []
+
+    class Compute:
+        def __call__(self, theta, t):
+            events.append(("compute", t, theta.tobytes()))
+            return honest_gradients(cfg, server.model, theta, problem.shards, t)
+
+        def launch(self, theta, t):
+            events.append(("launch", t, theta.tobytes()))
+
+    evaluate = server.evaluate
+    server.evaluate = lambda theta: events.append(("evaluate",)) or evaluate(theta)
+    run(server, Compute())
+    assert [e[:2] for e in events] == [
+        ("compute", 0), ("launch", 1), ("evaluate",), ("compute", 1), ("launch", 2),
+        ("evaluate",), ("compute", 2), ("launch", 3), ("evaluate",), ("compute", 3),
+        ("evaluate",)]
+    launched = [e for e in events if e[0] == "launch"]
+    computed = [e for e in events if e[0] == "compute"][1:]
+    assert [e[1:] for e in launched] == [e[1:] for e in computed]
+
+
+def test_launched_round_is_collected_only_for_the_same_theta(trainers, problem):
+    """The pipelined gather (run() launches round t+1 before the server's evaluation):
+    compute(θ, t) collects a launched round only when θ's bits and t match; otherwise the
+    launch is dropped and the round computed for the θ asked for."""
+    from ray import cloudpickle
+
+    from ray_robust.engines.ray_engine import _Gather
+
+    cfg = make_config(algorithm="alg2", attack="none")
+    trainer = trainers("auto")
+    gather = _Gather(trainer.worker_actors, trainer.groups, round_timeout=30.0)
+    server = Server(cfg, problem)
+    theta_a = server.initial_state().theta
+    theta_b = theta_a + 0.01
+
+    def local(theta, t):
+        return honest_gradients(cfg, server.model, theta, problem.shards, t)[0]
+
+    blob = cloudpickle.dumps(cfg)
+    gather.launch("compute", blob, theta_a, 0)
+    messages, _ = gather("compute", blob, theta_b, 0)  # not what was launched
+    np.testing.assert_array_equal(messages, local(theta_b, 0))
+    gather.launch("compute", blob, theta_b, 1)
+    messages, _ = gather("compute", blob, theta_b.copy(), 1)  # the launched round
+    np.testing.assert_array_equal(messages, local(theta_b, 1))
+    assert gather._pending is None and not gather._busy
 
 
 def test_progress_reaches_the_driver(trainers, problem):
