@@ -167,9 +167,12 @@ def test_thread_count_setting(monkeypatch):
     monkeypatch.delenv("RAY_ROBUST_WRM_THREADS")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets in our zero-CPU actors
     assert wrm.line_threads() == 1
-    monkeypatch.setenv("RAY_ROBUST_WRM_THREADS", "two")
-    with pytest.raises(ValueError, match="RAY_ROBUST_WRM_THREADS"):
-        wrm.line_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2,1")  # OpenMP's nested form: the first level
+    assert wrm.line_threads() == 2
+    for bad in ("two", "0"):
+        monkeypatch.setenv("RAY_ROBUST_WRM_THREADS", bad)
+        with pytest.raises(ValueError, match="RAY_ROBUST_WRM_THREADS"):
+            wrm.line_threads()
 
 
 def test_a_model_without_a_line_kernel_is_refused():

@@ -331,16 +331,22 @@ _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 def line_threads() -> int:
     """Threads the fast path spreads its chunks over: ``$RAY_ROBUST_WRM_THREADS`` if set, else
-    ``$OMP_NUM_THREADS`` if set (Ray sets it to the actor's CPUs, 1 for ours: the Ray engine
-    parallelizes over actors), else the usable cores. The result does not depend on it."""
-    for var in ("RAY_ROBUST_WRM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "").strip()
-        if value:
-            try:
-                return max(1, int(value))
-            except ValueError:
-                raise ValueError(f"${var} must be a positive integer. Got {value!r} "
-                                 "instead.") from None
+    ``$OMP_NUM_THREADS`` (its first level) if set (Ray sets it to the actor's CPUs, 1 for ours:
+    the Ray engine parallelizes over actors), else the usable cores. The result does not
+    depend on it."""
+    value = os.environ.get("RAY_ROBUST_WRM_THREADS", "").strip()
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"$RAY_ROBUST_WRM_THREADS must be a positive integer. Got {value!r} "
+                             "instead.")
+        return n
+    omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
     return max(1, len(os.sched_getaffinity(0)))
 
 
