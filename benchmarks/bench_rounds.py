@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                 starts.append(time.perf_counter())
                 return gather(theta, t)
 
+            compute.launch = gather.launch  # run() starts round t+1 before evaluating
             run(server, compute)
             record(f"ray {packing}, driver gathers", np.diff(starts))
 

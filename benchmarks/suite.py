@@ -7,12 +7,14 @@ checks the code still runs (its ratios mean nothing).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -70,15 +72,18 @@ def p1(quick: bool) -> list[Result]:
     cfg = _config(**{**PAPER_SETTING, **ENVIRONMENTS["E1"], "algorithm": "alg2",
                      "rounds": rounds, "seed": 0})
     problem = load_problem(cfg)
-    with RayTrainer(problem, actors="auto") as trainer:
-        def ray_round():
-            trainer(cfg)
-            return trainer.round_seconds()[skip:]
+    with RayTrainer(problem, actors="auto") as trainer, \
+            RayTrainer(problem, actors=1) as single:
+        def ray_round(tr):
+            tr(cfg)
+            return tr.round_seconds()[skip:]
 
         ms = interleaved({
             "local": lambda: local_round_seconds(cfg, problem, skip),
-            "ray": ray_round,
+            "ray": lambda: ray_round(trainer),
             "noop": lambda: trainer.time_noop(cfg, rounds)[skip:],
+            "ray 1": lambda: ray_round(single),
+            "noop 1": lambda: single.time_noop(cfg, rounds)[skip:],
         }, repeats)
         n_actors = len(trainer.groups)
     work = f"Spambase, m = 20, T_z = 10, Alg. 2 (E1), {n_actors} worker actors"
@@ -90,6 +95,11 @@ def p1(quick: bool) -> list[Result]:
                     f"{1e3 * ms['local']:.3f} ms"),
         Result("P1", "ray auto ÷ in-process per round", ms["ray"] / ms["local"], "",
                ms["ray"], ms["local"], note=work),
+        Result("P1", "ray, 1 worker actor ÷ (its noop + in-process) per round",
+               ms["ray 1"] / (ms["noop 1"] + ms["local"]), "", ms["ray 1"],
+               ms["noop 1"] + ms["local"],
+               note=f"the same run on actors=1: noop {1e3 * ms['noop 1']:.2f} ms; ray 1 actor "
+                    f"÷ ray auto = {ms['ray 1'] / ms['ray']:.2f}"),
     ]
 
 
@@ -117,25 +127,47 @@ def p2_p5(quick: bool, ray_too: bool = True) -> list[Result]:
         return seconds_of(lambda: honest_gradients(alg2, model, theta, shards, 0))
 
     def one_core() -> np.ndarray:
-        with blas_threads(1):
+        with _one_thread():
             return local_round_seconds(alg2, problem, skip)
 
-    modes["alg2, 1 BLAS thread"] = one_core
+    def read(X: np.ndarray) -> np.ndarray:  # one streaming pass over the features
+        return np.add.reduce(X.reshape(-1, X.shape[-1]), axis=0)
+
+    modes["alg2, one core"] = one_core
     with ThreadPoolExecutor(2) as pool:  # numpy releases the GIL: the no-Ray ceiling
         def grads() -> float:
-            with blas_threads(1):
+            with _one_thread():
                 return one(sh)
 
         def threads() -> float:
-            with blas_threads(1):
+            with _one_thread():
                 return seconds_of(lambda: list(pool.map(one, views)))
 
         modes["grads"], modes["threads"] = grads, threads
+        modes["read"] = lambda: seconds_of(lambda: read(sh.X))
+        modes["read, 2 threads"] = lambda: seconds_of(
+            lambda: list(pool.map(read, [v.X for v in views])))
         out = _p2_p5(problem, modes, alg2, repeats, skip, ray_too,
                      f"synthetic {n:,} × {d}, m = {m}, T_z = 10, evaluated once at round "
                      f"T = {rounds} (eval_every = T: per-round times exclude the train-loss "
                      "pass)")
     return out
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """OpenBLAS and the WRM fast path's kernel on one thread each inside the block (the kernel
+    reads ``$RAY_ROBUST_WRM_THREADS`` at each call)."""
+    before = os.environ.get("RAY_ROBUST_WRM_THREADS")
+    os.environ["RAY_ROBUST_WRM_THREADS"] = "1"
+    try:
+        with blas_threads(1):
+            yield
+    finally:
+        if before is None:
+            del os.environ["RAY_ROBUST_WRM_THREADS"]
+        else:
+            os.environ["RAY_ROBUST_WRM_THREADS"] = before
 
 
 def _p2_p5(problem, modes, alg2, repeats, skip, ray_too, work) -> list[Result]:
@@ -166,21 +198,35 @@ def _p2_p5(problem, modes, alg2, repeats, skip, ray_too, work) -> list[Result]:
             "P2", "in-process ÷ ray auto per round", ms["alg2"] / ms["ray"], "≥ 1.6",
             ms["alg2"], ms["ray"],
             note=f"{work}; {n_actors} worker actors; RayTrainer start-up {startup:.1f} s "
-                 f"(data {_data_bytes(problem) / 2**30:.2f} GiB: Problem and shard stacks "
-                 "put once)"))
+                 f"(data {_data_bytes(problem) / 2**30:.2f} GiB: shard stacks put once, the "
+                 "server actor's Problem without the shards' features)"))
         out.append(Result(
-            "P2", "in-process on one core (OpenBLAS 1 thread) ÷ ray auto per round",
-            ms["alg2, 1 BLAS thread"] / ms["ray"], "", ms["alg2, 1 BLAS thread"], ms["ray"],
-            note="the in-process engine already runs its matrix products on both cores "
-                 "(OpenBLAS threads): this is the parallel speed-up over one core"))
+            "P2", "in-process on one core ÷ ray auto per round",
+            ms["alg2, one core"] / ms["ray"], "", ms["alg2, one core"], ms["ray"],
+            note="OpenBLAS and the WRM kernel limited to 1 thread: the in-process engine "
+                 "already runs both on both cores, so this is the parallel speed-up over one "
+                 "core (Ray's actors run 1 thread each: Ray sets OMP_NUM_THREADS=1)"))
+        out.append(Result(
+            "P2", "ray auto ÷ 2 threads without Ray, per round", ms["ray"] / ms["threads"],
+            "", ms["ray"], ms["threads"],
+            note="the engine's own cost at this scale: a Ray round vs honest_gradients on "
+                 "the two halves of the shards in two threads of one process (row below)"))
     else:
         ms = interleaved(modes, repeats)
     out.append(Result(
-        "P2", "honest gradients, 1 thread ÷ 2 threads, OpenBLAS 1 thread each (no Ray)",
+        "P2", "honest gradients, 1 thread ÷ 2 threads, 1 thread each (no Ray)",
         ms["grads"] / ms["threads"], "", ms["grads"], ms["threads"],
         note="honest_gradients on the two halves of the shards in a ThreadPoolExecutor "
-             "(numpy releases the GIL): what 2 cores give this workload without Ray, the "
-             "ceiling for the 1-core row above"))
+             "(numpy releases the GIL; OpenBLAS and the WRM kernel 1 thread each): what 2 "
+             "cores give this workload without Ray, the ceiling for the 1-core row above"))
+    gbs = problem.shards.X.nbytes / 1e9
+    out.append(Result(
+        "P2", "memory bandwidth: one read pass over the shards, 1 thread ÷ 2 threads",
+        ms["read"] / ms["read, 2 threads"], "", ms["read"], ms["read, 2 threads"],
+        note=f"np.add.reduce over the {gbs:.2f} GB feature stack: {gbs / ms['read']:.1f} GB/s "
+             f"on 1 thread, {gbs / ms['read, 2 threads']:.1f} GB/s on 2; Alg. 2's two passes "
+             f"over X alone take ≥ {2e3 * ms['read, 2 threads']:.0f} ms at the 2-thread rate "
+             f"(one core's full round: {1e3 * ms['grads']:.0f} ms)"))
     out.append(Result("P5", "Alg. 2 (T_z = 10) ÷ ERM per round, in-process",
                       ms["alg2"] / ms["erm"], "≤ 1.2", ms["alg2"], ms["erm"], note=work))
     return out

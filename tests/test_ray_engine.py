@@ -20,6 +20,7 @@ from ray_robust.api import load_problem, train
 from ray_robust.checkpoint import load_checkpoint
 from ray_robust.config import Config
 from ray_robust.core.aggregators import AggregationError
+from ray_robust.core.models import get_model
 from ray_robust.engines.ray_engine import RayTrainer
 from ray_robust.reproduce import PAPER_SETTING, format_table1, run_table1, summarize_table1
 
@@ -249,6 +250,20 @@ def test_malformed_actor_replies_never_crash_the_gather():
     assert messages[2] is None
     messages, _ = gather._assemble([(good, {}), (np.arange(5.0).tobytes(), {})], p=5)
     np.testing.assert_array_equal(messages, np.arange(15.0).reshape(3, 5) % 10)
+
+
+def test_the_server_actor_gets_no_shard_features(problem):
+    """The server actor's copy of the problem drops the shards' features (only the worker
+    actors read them) and keeps what the server uses: shard sizes, train and test sets."""
+    from ray_robust.engines.ray_engine import _server_problem
+
+    light = _server_problem(problem)
+    assert light.shards.X.size == 0 and light.shards.n_workers == problem.shards.n_workers
+    np.testing.assert_array_equal(light.shards.sizes, problem.shards.sizes)
+    assert light.X_train is problem.X_train and light.X_test is problem.X_test
+    cfg = make_config(algorithm="alg2", attack="aggressive", weighted=True, rounds=3)
+    assert_same_run(run(Server(cfg, light), lambda th, t: honest_gradients(
+        cfg, get_model(cfg.model), th, problem.shards, t)), train(cfg, problem=problem))
 
 
 def test_run_launches_the_next_round_before_evaluating(problem):

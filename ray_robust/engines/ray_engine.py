@@ -64,6 +64,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import dataclasses
 import os
 import time
 import warnings
@@ -477,6 +478,15 @@ def _spread_strategies(n: int) -> list:
     return [NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=False) for i in range(n)]
 
 
+def _server_problem(problem: Problem) -> Problem:
+    """The problem as the server actor needs it: the train and test sets (evaluation) and the
+    shards' labels and weights (their sizes), without the shards' features, which only the
+    worker actors read: one copy of the training data less in the object store."""
+    sh = problem.shards
+    return dataclasses.replace(problem, shards=Shards(sh.X[:, :, :0], sh.y, sh.weights,
+                                                      sh.workers))
+
+
 class RayTrainer:
     """Worker actors and a server actor for one problem, reused by every run on its shards.
 
@@ -540,7 +550,8 @@ class RayTrainer:
                 for ref, g, strategy in zip(self._shard_refs, self.groups, nodes, strict=True)
             ]
             self._server = _ServerActor.options(num_cpus=ACTOR_CPUS, max_concurrency=2).remote(
-                ray.put(problem), self._workers, self.groups, float(round_timeout)
+                ray.put(_server_problem(problem)), self._workers, self.groups,
+                float(round_timeout),
             )
             refs = [w.ping.remote() for w in self._workers] + [self._server.ping.remote()]
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=startup_timeout)
