@@ -80,8 +80,8 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="join an existing Ray cluster (else RAY_ADDRESS, else a local one)")
     parser.add_argument("--actors", default="auto",
-                        help="Ray engine: 'auto' (≈ one actor per CPU), 'per-worker', or a "
-                             "number of worker actors")
+                        help="Ray engine: 'auto' (one actor per node, up to one per CPU for "
+                             "large data), 'per-worker', or a number of worker actors")
     parser.add_argument("--round-timeout", type=float, default=60.0,
                         help="Ray engine: seconds a round waits for worker actors; later "
                              "messages count as missing (default 60)")

@@ -67,11 +67,9 @@ def assert_same_run(ray_hist, local_hist):
 @pytest.mark.parametrize("actors", ["auto", "per-worker"])
 def test_bit_identical_to_local_engine(trainers, problem, actors, algorithm, attack):
     cfg = make_config(algorithm=algorithm, attack=attack)
-    import ray
-
     trainer = trainers(actors)
-    n_cpus = int(ray.cluster_resources()["CPU"])
-    assert len(trainer.groups) == (20 if actors == "per-worker" else min(20, n_cpus))
+    # Spambase's shards (≈ 1.6 MiB) are below one actor's share of data: auto = one per node
+    assert len(trainer.groups) == (20 if actors == "per-worker" else 1)
     assert_same_run(trainer(cfg), train(cfg, problem=problem))
 
 
@@ -412,3 +410,16 @@ def test_cli_reproduce_table1_on_ray_prints_the_local_table(ray_session, data_di
     assert proc.returncode == 0, proc.stderr[-3000:]
     local = format_table1(summarize_table1(run_table1([0], rounds=20)))
     assert _table(proc.stdout) == _table(local)
+
+
+@pytest.mark.parametrize(("m", "cpus", "nodes", "mib", "want"), [
+    (20, 2, 1, 1.6, 1),      # Spambase on a laptop: one actor (the calls cost more than the split)
+    (20, 3, 3, 1.6, 3),      # a 3-node cluster: one actor per node, whatever the data size
+    (100, 2, 1, 1280, 2),    # large data: one per CPU
+    (100, 8, 1, 70, 3),      # in between: one per 32 MiB
+    (2, 8, 4, 1280, 2),      # never more than m
+])
+def test_auto_actor_count(m, cpus, nodes, mib, want):
+    from ray_robust.engines.ray_engine import auto_actor_count
+
+    assert auto_actor_count(m, cpus, nodes, int(mib * 2**20)) == want
