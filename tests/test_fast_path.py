@@ -161,6 +161,18 @@ def test_both_logistic_kernels_and_w_zero(monkeypatch):
     np.testing.assert_allclose(fast, model.mean_grad_theta(theta, X, y, weights), rtol=1e-14)
 
 
+def test_streamed_margins_do_not_depend_on_grouping(monkeypatch):
+    """Large shards' margins (einsum) equal X·w + b and are the same bits in any stack."""
+    import ray_robust.core.models as models
+
+    monkeypatch.setattr(models, "STREAM_MIN_SHARD", 64)
+    model, theta, X, _, _ = _case("logistic", np.random.default_rng(8), k=5, n=40, d=6)
+    s = model.margins(theta, X)
+    np.testing.assert_allclose(s, X @ theta[:-1] + theta[-1], rtol=1e-13, atol=1e-13)
+    parts = [model.margins(theta, X[[3, 0]]), model.margins(theta, X[1:2])]
+    assert np.array_equal(parts[0], s[[3, 0]]) and np.array_equal(parts[1], s[1:2])
+
+
 def test_thread_count_setting(monkeypatch):
     monkeypatch.setenv("RAY_ROBUST_WRM_THREADS", "3")
     assert wrm.line_threads() == 3
