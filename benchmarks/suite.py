@@ -291,8 +291,11 @@ def p3(quick: bool) -> list[Result]:
 def p4(quick: bool) -> list[Result]:
     """Peak PSS of this driver's Ray processes during a run, sampled every 0.2 s. The fixed
     Ray overhead is measured, not assumed: the same run (same m, actors, rounds) on a data set
-    100× smaller, whose own size is then negligible."""
-    from ray_robust.engines.ray_engine import RayTrainer
+    100× smaller, whose own size is then negligible. Both runs get the actor count that
+    ``actors="auto"`` picks for the large one (auto would pick fewer for the small data)."""
+    import ray
+
+    from ray_robust.engines.ray_engine import RayTrainer, auto_actor_count
 
     n, d, m = (20_000, 10, 100) if quick else (200_000, 50, 1000)
     rounds = 5 if quick else 20
@@ -300,14 +303,16 @@ def p4(quick: bool) -> list[Result]:
                   standardize="none", seed=0)
     idle = ray_pss()
     peaks = {}
-    for size in (n // 100, n):  # the small run first: the fixed overhead
-        problem = _synthetic_problem(max(size, 2 * m), d, m)
+    problems = {size: _synthetic_problem(max(size, 2 * m), d, m) for size in (n // 100, n)}
+    n_actors = auto_actor_count(m, int(ray.cluster_resources().get("CPU", 1)),
+                                sum(1 for node in ray.nodes() if node.get("Alive")),
+                                problems[n].shards.X.nbytes)
+    for size, problem in problems.items():  # the small run first: the fixed overhead
         with PeakSampler() as peak:
-            with RayTrainer(problem, actors="auto") as trainer:
+            with RayTrainer(problem, actors=n_actors) as trainer:
                 trainer(cfg)
-                n_actors = len(trainer.groups)
         peaks[size] = peak
-    data = _data_bytes(problem)
+    data = _data_bytes(problems[n])
     fixed, big = peaks[n // 100].peak_ray, peaks[n].peak_ray
     return [
         Result("P4", "peak Ray PSS ÷ data", big / data, "", big, data, unit="B",
