@@ -234,27 +234,63 @@ def _p2_p5(problem, modes, alg2, repeats, skip, ray_too, work) -> list[Result]:
 
 # ---- P3: Table I with 5 seeds through `ray-robust tune` -------------------------------------
 
+#: `ray-robust tune` with the trainable swapped for one that only reports and checkpoints (the
+#: same reports, checkpoints, Tune settings, CSV and plot; no training): the floor of P3
+_P3_NOOP = """
+import json, sys, tempfile, warnings
+from pathlib import Path
+from ray_robust import studies
+from ray_robust.cli import main
 
-def _tune_wall(quick: bool) -> float:
+def noop(config):
+    from ray import tune
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg, opts = studies.split_trial_config(config)
+    every = opts["report_every"]
+    for r in [*range(every, cfg.rounds, every), cfg.rounds]:
+        row = {"train_loss": 0.5, "test_error": 0.5, "test_error_shifted": 0.5, "round": r,
+               "grad_norm": 0.0, "n_screened": 0, "n_rejected": 0, "error": 0.5,
+               "resumed_from": 0}
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / studies.CHECKPOINT_FILE).write_text(json.dumps(
+                {"theta": [0.0] * 58, "round": r, "rows": [row] * (r // every)}))
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
+
+studies.trainable = noop
+sys.exit(main(["tune", *sys.argv[1:]]))
+"""
+
+#: a Python process that starts and stops a local Ray instance as `ray-robust tune` does
+_P3_RAY_ONLY = """
+import ray
+ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+ray.shutdown()
+"""
+
+
+def _tune_wall(quick: bool, code: str | None = None) -> float:
     """Wall seconds of ``ray-robust tune tune_configs/table1.yaml [--quick]`` in a subprocess
-    (its own Ray instance, as a user runs it)."""
+    (its own Ray instance, as a user runs it); with ``code``, of that program instead (given
+    the same arguments)."""
     with tempfile.TemporaryDirectory() as storage:
-        cmd = [sys.executable, "-m", "ray_robust.cli", "tune", str(TABLE1), "--storage",
-               storage, *(["--quick"] if quick else [])]
+        prog = ["-c", code] if code else ["-m", "ray_robust.cli", "tune"]
+        cmd = [sys.executable, *prog, str(TABLE1), "--storage", storage,
+               *(["--quick"] if quick else [])]
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
         wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"`ray-robust tune` failed ({proc.returncode}):\n"
+        raise RuntimeError(f"`{' '.join(cmd[:3])}` failed ({proc.returncode}):\n"
                            f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return wall
 
 
 def p3(quick: bool) -> list[Result]:
-    """Full mode also runs the ``--quick`` grid (4 trials × 20 rounds: almost no work) to
-    split the wall time into a fixed cost (interpreter, Ray and Tune start-up, CSV + plot) and
-    a per-trial cost."""
+    """Full mode also measures what limits P3: the ``--quick`` grid (4 trials × 20 rounds:
+    almost no work), the same 100 trials with a no-op trainable (same reports, checkpoints,
+    Tune settings, CSV and plot), and a process that only starts and stops Ray."""
     from ray_robust.studies import load_study, run_grid_local
 
     study = load_study(TABLE1, quick=quick)
@@ -269,19 +305,31 @@ def p3(quick: bool) -> list[Result]:
         "P3", "tune wall ÷ (Σ in-process trial time ÷ cores)", wall / ideal, "≤ 1.5",
         wall, ideal,
         note=f"`ray-robust tune {TABLE1.relative_to(ROOT)}{' --quick' if quick else ''}`: "
-             f"{n_trials} trials, T = {study.param_space['rounds']}; wall includes Ray "
-             f"start-up; Σ in-process = {serial:.1f} s (run_grid_local), {cores} cores")]
+             f"{n_trials} trials, T = {study.param_space['rounds']}, report_every = "
+             f"{study.param_space['report_every']}; wall includes Ray start-up; Σ in-process "
+             f"= {serial:.1f} s (run_grid_local), {cores} cores")]
     if not quick:
         small = load_study(TABLE1, quick=True)
         n_small = len(small.trial_configs())
         fixed = _tune_wall(True)
+        noop = _tune_wall(False, _P3_NOOP)
+        ray_only = _tune_wall(False, _P3_RAY_ONLY)
         per_trial = (wall - fixed) / (n_trials - n_small)
-        out.append(Result(
-            "P3", "(wall − fixed cost) ÷ (Σ in-process trial time ÷ cores)",
-            (wall - fixed) / ideal, "", wall - fixed, ideal,
-            note=f"fixed = wall of the --quick grid ({n_small} trials × "
-                 f"{small.param_space['rounds']} rounds) = {fixed:.1f} s; marginal wall per "
-                 f"trial {per_trial:.3f} s vs {serial / n_trials:.3f} s of in-process work"))
+        out += [
+            Result("P3", "(wall − fixed cost) ÷ (Σ in-process trial time ÷ cores)",
+                   (wall - fixed) / ideal, "", wall - fixed, ideal,
+                   note=f"fixed = wall of the --quick grid ({n_small} trials × "
+                        f"{small.param_space['rounds']} rounds) = {fixed:.1f} s; marginal wall "
+                        f"per trial {per_trial:.3f} s vs {serial / n_trials:.3f} s of in-process "
+                        "work"),
+            Result("P3", "floor: no-op trials' tune wall ÷ (Σ in-process trial time ÷ cores)",
+                   noop / ideal, "", noop, ideal,
+                   note=f"the same command and {n_trials} trials, the trainable only reports and "
+                        f"checkpoints (no training): {noop:.1f} s"),
+            Result("P3", "floor: Python + ray.init + ray.shutdown ÷ (Σ in-process ÷ cores)",
+                   ray_only / ideal, "", ray_only, ideal,
+                   note=f"a process that starts and stops a local Ray: {ray_only:.1f} s"),
+        ]
     return out
 
 
