@@ -601,7 +601,7 @@ def run_study_full(
         grid = tuner.fit()
     seconds = time.perf_counter() - t0
     if resume:
-        _remove_empty_strays(exp, grid)
+        _set_aside_strays(exp, grid)
     results = grid.get_dataframe()
     if grid.num_errors:
         for r in grid:
@@ -639,17 +639,24 @@ def _unfinished(result) -> bool:
     return int((result.metrics or {}).get("round") or 0) < _rounds_of(result.config or {})
 
 
-def _remove_empty_strays(exp: Path, grid) -> None:
-    """Remove the trial folders of the interrupted run that the resumed one replaced and that
-    hold no result: Tune creates trials as slots free up (``max_concurrent_trials``), so a
-    trial created after the last experiment snapshot before the interruption is created again
-    on resume, in a new folder. A stray folder with any result or checkpoint is kept."""
+def _set_aside_strays(exp: Path, grid) -> None:
+    """Clear the trial folders of the interrupted run that the resumed one replaced.
+
+    Tune creates trials as slots free up (``max_concurrent_trials``), so a trial created after
+    the last experiment snapshot before the interruption is unknown to the restored run, which
+    creates it again in a new folder and runs it from round 0. Its old folder is removed when
+    it holds no result, else moved to ``superseded/`` (its partial results are kept, but no
+    longer look like a trial of the study)."""
     keep = {Path(r.path).name for r in grid}
     for trial_dir in exp.glob("trainable_*"):
-        if (trial_dir.is_dir() and trial_dir.name not in keep
-                and not any(trial_dir.glob("checkpoint_*"))
-                and not ((trial_dir / "result.json").is_file()
-                         and (trial_dir / "result.json").read_text().strip())):
+        if not trial_dir.is_dir() or trial_dir.name in keep:
+            continue
+        result = trial_dir / "result.json"
+        if any(trial_dir.glob("checkpoint_*")) or (result.is_file()
+                                                  and result.read_text().strip()):
+            (exp / "superseded").mkdir(exist_ok=True)
+            shutil.move(str(trial_dir), str(exp / "superseded" / trial_dir.name))
+        else:
             shutil.rmtree(trial_dir, ignore_errors=True)
 
 
