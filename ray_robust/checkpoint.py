@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 from .algorithm import RunState
@@ -21,11 +22,16 @@ FORMAT = 1
 
 def save_checkpoint(folder: str | os.PathLike, config: Config, state: RunState) -> Path:
     """Write ``config`` and ``state`` to ``folder/checkpoint.json`` atomically."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / CHECKPOINT_FILE
-    tmp = folder / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
     payload = {"format": FORMAT, "config": config.to_dict(), "state": state.to_dict()}
+    return write_json_atomic(Path(folder) / CHECKPOINT_FILE, payload)
+
+
+def write_json_atomic(target: str | os.PathLike, payload: object) -> Path:
+    """Write ``payload`` as JSON to ``target`` so that a reader (or a crash) sees the old file
+    or the new one, never a part: a temporary file beside it, fsync, then ``os.replace``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     with open(tmp, "w") as fh:
         json.dump(payload, fh)
         fh.flush()

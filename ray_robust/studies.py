@@ -10,17 +10,19 @@ A study file (``tune_configs/*.yaml``) holds
 - ``plot``: how the study's PNG is drawn (see :mod:`ray_robust.plots`).
 
 :func:`trainable` is the function trainable: it runs one configuration through the engine-
-independent :class:`~ray_robust.algorithm.Server` and reports every ``report_every`` rounds with a
-checkpoint of the :class:`~ray_robust.algorithm.RunState` (θ, round, attack RNG, rows), so a
-restored trial continues exactly where it stopped. This module is the only place that calls
-``ray.tune.report`` (the Tune adapter). :func:`run_study` runs a study and returns its results
-as a DataFrame; :func:`run_grid_local` runs the same grid in-process without Tune.
+independent :class:`~ray_robust.algorithm.Server` and reports every ``report_every`` rounds,
+saving the :class:`~ray_robust.algorithm.RunState` (θ, round, attack RNG, rows) to the study's
+progress store first, so a resumed or retried trial continues exactly where it stopped. This
+module is the only place that calls ``ray.tune.report`` (the Tune adapter). :func:`run_study`
+runs a study and returns its results as a DataFrame; :func:`run_grid_local` runs the same grid
+in-process without Tune.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import itertools
 import json
 import os
@@ -38,6 +40,7 @@ import pandas as pd
 
 from ._validation import load_yaml_mapping
 from .algorithm import METRICS, RunState, Server, run
+from .checkpoint import write_json_atomic
 from .config import ALGORITHMS, Config
 from .core.aggregators import n_to_screen
 from .core.shift import error_rate
@@ -50,7 +53,8 @@ TRIAL_KEYS: dict[str, str] = {
     "environment": "one of Table I's environments 'E0'…'E4' (sets attack, alpha, shift_norm, "
                    "shift_eps; explicit values of those keys win)",
     "beta_offset": "β = α + beta_offset (overrides beta; e.g. 0 for β = α, 1/m for β = α + 1/m)",
-    "report_every": "report to Tune (with a checkpoint) every this many rounds (default 50)",
+    "report_every": "report to Tune (and save the trial's progress) every this many rounds "
+                    "(default 50)",
     "eval_shift_eps": "list of shift budgets ε (in the trial's shift_norm) evaluated at every "
                       "report as 'error@eps=<ε>': one training run serves a whole ε axis",
     "engine": "'local' (in-process, default) or 'ray' (Ray actors inside the trial)",
@@ -90,7 +94,7 @@ class Study:
     plot: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     quick: bool = False
-    #: Tune retries of a failed trial (FailureConfig.max_failures; from its last checkpoint)
+    #: Tune retries of a failed trial (FailureConfig.max_failures; from its saved progress)
     max_failures: int = 0
 
     @property
@@ -357,13 +361,51 @@ def trial_resources(values: Mapping[str, Any]):
 
 
 CHECKPOINT_FILE = "run_state.json"
+#: The study's progress store: ``<experiment>/progress/<trial key>.json`` (see :func:`trainable`)
+PROGRESS_DIR = "progress"
+PROGRESS_FORMAT = 1
 
 
-def trainable(config: dict[str, Any]) -> None:
+def trial_key(values: Mapping[str, Any]) -> str:
+    """A trial's name in the progress store: a hash of its config values (the resolved grid
+    point), the same in every run of the study whatever trial id or folder Tune gives it."""
+    return hashlib.sha256(_canonical(values).encode()).hexdigest()[:20]
+
+
+def _canonical(values: Mapping[str, Any]) -> str:
+    return json.dumps(dict(values), sort_keys=True, default=repr)
+
+
+def trial_progress(exp: str | os.PathLike, values: Mapping[str, Any]) -> RunState | None:
+    """The run state a trial of the study in ``exp`` last saved (θ, round, RNG states, every
+    round's row), or None when it has saved none."""
+    path = Path(exp) / PROGRESS_DIR / f"{trial_key(values)}.json"
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+        if (payload.get("format") != PROGRESS_FORMAT
+                or payload.get("values") != json.loads(_canonical(values))):
+            raise ValueError("it belongs to another trial or format")
+        return RunState.from_dict(payload["state"])
+    except (ValueError, KeyError, TypeError) as exc:
+        warnings.warn(f"{path} is not a usable progress record ({exc}); the trial starts from "
+                      "round 0 (its result is the same, only the earlier work is redone).",
+                      RuntimeWarning, stacklevel=2)
+        return None
+
+
+def trainable(config: dict[str, Any], experiment_dir: str | None = None) -> None:
     """Tune function trainable: one run of Algorithm 2 / a baseline, resumable.
 
-    Reports every ``report_every`` rounds (and at T) with a checkpoint of the run state; when
-    Tune restores the trial it continues from that checkpoint (same θ as an uninterrupted run).
+    Every ``report_every`` rounds (and at T) it saves its run state to the study's progress
+    store, ``<experiment_dir>/progress/<trial key>.json`` (atomically: a crash leaves the
+    previous record), then reports to Tune; a trial that finds its record continues from it,
+    so θ ends bit-identical to an uninterrupted run. Resuming thus relies only on this
+    store, never on Tune's experiment snapshot (whose writes are not crash-safe: a driver
+    killed while writing it left an empty file, and a snapshot can name a trial checkpoint
+    Tune has already deleted). The final report carries a Tune checkpoint of the state
+    (``result.checkpoint``).
     """
     from ray import tune
 
@@ -372,21 +414,27 @@ def trainable(config: dict[str, Any]) -> None:
         cfg, opts = split_trial_config(config)
     problem = cached_problem(cfg)
     server = Server(cfg, problem)
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = RunState.from_dict(json.loads((Path(d) / CHECKPOINT_FILE).read_text()))
-    else:
-        state = server.initial_state()
+    state = (trial_progress(experiment_dir, config) if experiment_dir else None) \
+        or server.initial_state()
     resumed_from = state.round
+    store = Path(experiment_dir) / PROGRESS_DIR / f"{trial_key(config)}.json" \
+        if experiment_dir else None
 
     def report(row: dict) -> None:
         metrics = trial_metrics(server, state, row, opts, resumed_from)
+        snapshot = state.to_dict()
+        if store is not None:
+            write_json_atomic(store, {"format": PROGRESS_FORMAT,
+                                      "values": json.loads(_canonical(config)),
+                                      "state": snapshot})
+        if state.round < cfg.rounds:
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as d:
-            (Path(d) / CHECKPOINT_FILE).write_text(json.dumps(state.to_dict(), default=float))
+            (Path(d) / CHECKPOINT_FILE).write_text(json.dumps(snapshot, default=float))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    if state.round >= cfg.rounds:  # restored after the last report: report the end once more
+    if state.round >= cfg.rounds:  # finished in an earlier run: report the end once more
         report(state.rows[-1])
         return
     if opts["engine"] == "ray":
@@ -543,10 +591,11 @@ def run_study_full(
             study_guess = load_study(source, quick=quick)
             name = study_guess.experiment_name
         exp = storage_path / name
-        if not (exp / "study.json").is_file() or not tune.Tuner.can_restore(str(exp)):
+        if not (exp / "study.json").is_file():
             raise ValueError(f"Nothing to resume at {exp}: run the study without --resume "
                              "first (or pass the --storage it used).")
         study = load_study(json.loads((exp / "study.json").read_text()))
+        earlier = [d for d in exp.glob("trainable_*") if d.is_dir()]
     else:
         study = source if isinstance(source, Study) else load_study(source, quick=quick)
         exp = storage_path / study.experiment_name
@@ -575,33 +624,33 @@ def run_study_full(
     say(f"study {study.experiment_name}: {n_trials} trials ({shape})"
         f"{', resuming' if resume else ''} -> {exp}")
     t0 = time.perf_counter()
-    fn = tune.with_resources(trainable, trial_resources)
-    if resume:
-        tuner = tune.Tuner.restore(str(exp), trainable=fn, resume_unfinished=True,
-                                   resume_errored=True)
-    else:
+    # a resumed study is a new Tune run of the whole grid: each trial continues from its own
+    # record in the progress store (a finished one only reports its end again), never from
+    # Tune's experiment snapshot (see trainable)
+    if not resume:
         exp.mkdir(parents=True, exist_ok=True)
         (exp / "study.json").write_text(json.dumps(study.to_dict(), indent=1))
-        tuner = tune.Tuner(
-            fn,
-            param_space=study.param_space,
-            tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode,
-                                        reuse_actors=True, scheduler=_no_steal_scheduler(),
-                                        max_concurrent_trials=slots),
-            run_config=tune.RunConfig(
-                name=study.experiment_name, storage_path=str(storage_path), verbose=verbose,
-                callbacks=[*_loggers(), *([_trial_log_class()(n_trials, say, study.axes)]
-                                          if log and verbose == 0 else [])],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                failure_config=tune.FailureConfig(max_failures=study.max_failures),
-            ),
-        )
+    fn = tune.with_resources(tune.with_parameters(trainable, experiment_dir=str(exp)),
+                             trial_resources)
+    tuner = tune.Tuner(
+        fn,
+        param_space=study.param_space,
+        tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode,
+                                    reuse_actors=True, scheduler=_no_steal_scheduler(),
+                                    max_concurrent_trials=slots),
+        run_config=tune.RunConfig(
+            name=study.experiment_name, storage_path=str(storage_path), verbose=verbose,
+            callbacks=[*_loggers(), *([_trial_log_class()(n_trials, say, study.axes)]
+                                      if log and verbose == 0 else [])],
+            failure_config=tune.FailureConfig(max_failures=study.max_failures),
+        ),
+    )
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     with _env(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):  # the loggers are _loggers()'s only
         grid = tuner.fit()
     seconds = time.perf_counter() - t0
     if resume:
-        _set_aside_strays(exp, grid)
+        _set_aside(exp, earlier)
     results = grid.get_dataframe()
     if grid.num_errors:
         for r in grid:
@@ -639,21 +688,15 @@ def _unfinished(result) -> bool:
     return int((result.metrics or {}).get("round") or 0) < _rounds_of(result.config or {})
 
 
-def _set_aside_strays(exp: Path, grid) -> None:
-    """Clear the trial folders of the interrupted run that the resumed one replaced.
-
-    Tune creates trials as slots free up (``max_concurrent_trials``), so a trial created after
-    the last experiment snapshot before the interruption is unknown to the restored run, which
-    creates it again in a new folder and runs it from round 0. Its old folder is removed when
-    it holds no result, else moved to ``superseded/`` (its partial results are kept, but no
-    longer look like a trial of the study)."""
-    keep = {Path(r.path).name for r in grid}
-    for trial_dir in exp.glob("trainable_*"):
-        if not trial_dir.is_dir() or trial_dir.name in keep:
-            continue
+def _set_aside(exp: Path, earlier: list[Path]) -> None:
+    """Move the trial folders of the interrupted run(s) to ``superseded/`` once the resumed
+    run has replaced them: the study's folder then holds one folder per trial, each with the
+    resumed run's reports (``resumed_from`` = the round it continued from), and
+    ``superseded/`` the reports made before the interruption. Folders that hold no report are
+    removed."""
+    for trial_dir in earlier:
         result = trial_dir / "result.json"
-        if any(trial_dir.glob("checkpoint_*")) or (result.is_file()
-                                                  and result.read_text().strip()):
+        if result.is_file() and result.read_text().strip():
             (exp / "superseded").mkdir(exist_ok=True)
             shutil.move(str(trial_dir), str(exp / "superseded" / trial_dir.name))
         else:

@@ -32,6 +32,8 @@ from ray_robust.studies import (
     split_trial_config,
     tidy,
     trial_bundles,
+    trial_key,
+    trial_progress,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +210,7 @@ def test_trial_with_ray_engine_completes_on_two_cores(ray_session, tmp_path):
 
 
 def test_sweep_killed_mid_run_then_resumed_finishes_every_trial_once(ray_session, tmp_path):
-    rounds, every = 1200, 100
+    rounds, every = 3000, 100
     study = {"name": "killed", "param_space": {
         "environment": "E1", "algorithm": "alg2", "seed": {"grid_search": [0, 1, 2, 3]},
         "rounds": rounds, "report_every": every}, "plot": {"x": "seed"}}
@@ -218,16 +220,16 @@ def test_sweep_killed_mid_run_then_resumed_finishes_every_trial_once(ray_session
            str(tmp_path), "--address", address]
     exp = tmp_path / "killed"
 
-    def progress() -> dict[str, int]:
+    def progress() -> dict[int, int]:  # seed -> the round its trial last saved
         out = {}
-        for f in exp.glob("*/result.json"):
-            lines = f.read_text().splitlines()
-            out[f.parent.name] = json.loads(lines[-1])["round"] if lines else 0
+        for f in exp.glob("progress/*.json"):
+            record = json.loads(f.read_text())
+            out[record["values"]["seed"]] = record["state"]["round"]
         return out
 
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 150
-    while True:  # kill once a trial has finished and another is past a few checkpoints
+    while True:  # kill once a trial has finished and another is past a few reports
         done = progress()
         if (any(r == rounds for r in done.values())
                 and any(5 * every <= r < rounds for r in done.values())):
@@ -237,27 +239,61 @@ def test_sweep_killed_mid_run_then_resumed_finishes_every_trial_once(ray_session
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    assert min(done.values(), default=0) < rounds  # something was really left unfinished
+    saved, settled = progress(), time.monotonic()
+    while time.monotonic() - settled < 1.0:  # until the dead driver's trial actors are gone
+        time.sleep(0.1)
+        if (now := progress()) != saved:
+            saved, settled = now, time.monotonic()
+    assert min(saved.get(seed, 0) for seed in range(4)) < rounds  # really left unfinished
 
     resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     trial_dirs = sorted(exp.glob("trainable_*"))
-    assert len(trial_dirs) == 4
-    resumed_from = []
+    assert len(trial_dirs) == 4  # the resumed run's (the killed run's are in superseded/)
     for trial_dir in trial_dirs:
+        values = json.loads((trial_dir / "params.json").read_text())
         history = [json.loads(line) for line in
                    (trial_dir / "result.json").read_text().splitlines()]
-        fresh_starts = [h for h in history if h["round"] == every and h["resumed_from"] == 0]
-        assert len(fresh_starts) == 1, f"{trial_dir.name} started from scratch twice"
+        # each trial continued from the round it had saved: none ran from scratch twice,
+        # the interrupted one did not start over, a finished one only reported again
+        assert {h["resumed_from"] for h in history} == {saved.get(values["seed"], 0)}
         assert history[-1]["round"] == rounds
-        resumed_from.append(history[-1]["resumed_from"])
-        values = json.loads((trial_dir / "params.json").read_text())
         np.testing.assert_array_equal(_theta_of(trial_dir), _reference_theta(values))
-    # the interrupted trial continued from a checkpoint, not from round 0
-    assert any(0 < r < rounds for r in resumed_from), resumed_from
     trials = pd.read_csv(exp / "killed_trials.csv")
     assert sorted(trials["config/seed"]) == [0, 1, 2, 3]
     assert (trials["round"] == rounds).all()
+
+
+def test_resume_does_not_need_tunes_experiment_snapshot(ray_session, tmp_path):
+    """A driver killed while Tune wrote its experiment snapshot left it empty (seen in CI), and a
+    snapshot can name a trial checkpoint Tune has already deleted: --resume reads neither."""
+    study = {**GOOD, "name": "snap", "param_space": {**GOOD["param_space"], "rounds": 20}}
+    first = run_study_full(study, storage=tmp_path, log=None)
+    exp = tmp_path / "snap"
+    for f in exp.glob("experiment_state-*.json"):
+        f.write_text("")
+    again = run_study_full(study, storage=tmp_path, log=None, resume=True)
+    assert again.num_errors == 0
+    pd.testing.assert_series_equal(first.results.sort_values("config/seed")["error"]
+                                   .reset_index(drop=True),
+                                   again.results.sort_values("config/seed")["error"]
+                                   .reset_index(drop=True))
+    assert (again.results["resumed_from"] == 20).all()  # finished: nothing was run again
+    assert len(list(exp.glob("trainable_*"))) == 2
+    assert len(list((exp / "superseded").glob("trainable_*"))) == 2
+
+
+def test_a_bad_progress_record_restarts_the_trial_with_a_warning(tmp_path):
+    values = {"algorithm": "alg2", "seed": 0, "rounds": 5}
+    assert trial_progress(tmp_path, values) is None
+    path = tmp_path / "progress" / f"{trial_key(values)}.json"
+    path.parent.mkdir()
+    path.write_text("{trunc")
+    with pytest.warns(RuntimeWarning, match="not a usable progress record"):
+        assert trial_progress(tmp_path, values) is None
+    path.write_text(json.dumps({"format": 1, "values": {**values, "seed": 1}, "state": {}}))
+    with pytest.warns(RuntimeWarning, match="belongs to another trial"):
+        assert trial_progress(tmp_path, values) is None
 
 
 # ---- the paper's trends (in-process engine, the studies' own grids and all their seeds) -----
