@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from model_cases import random_case
 
 from ray_robust import algorithm
 from ray_robust.api import train
@@ -27,17 +28,7 @@ LAM, ETA = 3.0, 0.05
 
 
 def _case(name, rng, k=4, n=9, d=5, scale=0.4):
-    model = LINEAR[name]
-    X = rng.normal(size=(k, n, d))
-    if name == "softmax":
-        y = rng.integers(0, 3, size=(k, n)).astype(float)
-    elif name == "least_squares":
-        y = rng.normal(size=(k, n))
-    else:
-        y = rng.integers(0, 2, size=(k, n)).astype(float)
-    theta = rng.normal(scale=scale, size=model.n_params(d))
-    weights = np.full((k, n), 1.0 / n)
-    return model, theta, X, y, weights
+    return random_case(LINEAR[name], rng, k=k, n=n, d=d, theta_scale=scale)
 
 
 def _z(model, theta, X, c):

@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+from model_cases import random_case
 from scipy.optimize import minimize
 
 from ray_robust.api import train
@@ -33,19 +34,7 @@ MODELS = {
 
 
 def _case(name, rng, k=3, n=6, d=4):
-    model = MODELS[name]
-    X = rng.normal(size=(k, n, d))
-    if name == "softmax":
-        y = rng.integers(0, 3, size=(k, n)).astype(float)
-    elif name == "least_squares":
-        y = rng.normal(size=(k, n))
-    else:
-        y = rng.integers(0, 2, size=(k, n)).astype(float)
-    theta = rng.normal(size=model.n_params(d))
-    weights = rng.uniform(0.1, 1.0, size=(k, n))
-    weights[0, -2:] = 0.0  # padding of an uneven shard
-    weights /= weights.sum(axis=1, keepdims=True)
-    return model, theta, X, y, weights
+    return random_case(MODELS[name], rng, k=k, n=n, d=d, uneven=True)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
