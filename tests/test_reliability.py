@@ -232,6 +232,74 @@ def test_tune_retries_a_failed_trial_with_max_failures(data_dir, tmp_path):
     assert int(res.results["round"].iloc[0]) == 20
 
 
+def test_a_trial_whose_process_is_killed_is_retried_from_its_saved_progress(data_dir, tmp_path):
+    """SIGKILL of a trial's worker process mid-run: Tune retries the trial (max_failures), which
+    continues from the round it last saved in the study's progress store, and ends with the θ
+    of an uninterrupted run, bit for bit."""
+    import contextlib
+    import json
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    from ray_robust.studies import run_study_full, split_trial_config
+
+    rounds, every = 3000, 100
+    values = {"environment": "E1", "algorithm": "alg2", "rounds": rounds, "report_every": every,
+              "seed": 0}
+    study = {"name": "retry_mid", "max_failures": 2, "plot": {"x": "seed"},
+             "param_space": {**values, "seed": {"grid_search": [0]}}}
+    exp = tmp_path / "retry_mid"
+    killed = []
+
+    def ours(pid: int) -> bool:  # started by this test process's Ray (not another user's)
+        while pid > 1:
+            if pid == os.getpid():
+                return True
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return False
+
+    def trial_processes() -> list[int]:  # Tune's function-trainable actors
+        pids = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                pid = int(cmdline.parent.name)
+                if cmdline.read_bytes().startswith(b"ray::ImplicitFunc") and ours(pid):
+                    pids.append(pid)
+        return pids
+
+    def kill_the_trial_midway():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not res:
+            for f in exp.glob("progress/*.json"):
+                with contextlib.suppress(ValueError, OSError):  # (replaced while read)
+                    saved = json.loads(f.read_text())["state"]["round"]
+                    if 5 * every <= saved < rounds - 10 * every:
+                        for pid in trial_processes():
+                            os.kill(pid, signal.SIGKILL)
+                        killed.append(saved)
+                        return
+            time.sleep(0.02)
+
+    res = []
+    helper = threading.Thread(target=kill_the_trial_midway, daemon=True)
+    helper.start()
+    res.append(run_study_full(study, storage=tmp_path, log=None))
+    helper.join()
+    assert killed, "the trial ended before it could be killed"
+    assert res[0].num_errors == 0 and int(res[0].results["round"].iloc[0]) == rounds
+    (trial_dir,) = exp.glob("trainable_*")
+    history = [json.loads(ln) for ln in (trial_dir / "result.json").read_text().splitlines()]
+    restarts = sorted({h["resumed_from"] for h in history})
+    assert restarts[0] == 0 and len(restarts) == 2 and restarts[1] >= killed[0], restarts
+    final = json.loads(next(trial_dir.glob("checkpoint_*/run_state.json")).read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = train(split_trial_config(values)[0]).theta
+    np.testing.assert_array_equal(np.asarray(final["theta"]), reference)
+
+
 def test_in_process_aggregation_error_names_the_round(problem):
     """No valid message at all: the in-process server says which round, as the Ray engine does."""
     cfg = Config(rounds=5, seed=0)
