@@ -692,15 +692,11 @@ def _set_aside(exp: Path, earlier: list[Path]) -> None:
     """Move the trial folders of the interrupted run(s) to ``superseded/`` once the resumed
     run has replaced them: the study's folder then holds one folder per trial, each with the
     resumed run's reports (``resumed_from`` = the round it continued from), and
-    ``superseded/`` the reports made before the interruption. Folders that hold no report are
-    removed."""
+    ``superseded/`` what was logged before the interruption."""
+    if earlier:
+        (exp / "superseded").mkdir(exist_ok=True)
     for trial_dir in earlier:
-        result = trial_dir / "result.json"
-        if result.is_file() and result.read_text().strip():
-            (exp / "superseded").mkdir(exist_ok=True)
-            shutil.move(str(trial_dir), str(exp / "superseded" / trial_dir.name))
-        else:
-            shutil.rmtree(trial_dir, ignore_errors=True)
+        shutil.move(str(trial_dir), str(exp / "superseded" / trial_dir.name))
 
 
 def _check_fits(study: Study, exp: Path) -> int:
