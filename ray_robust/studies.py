@@ -646,8 +646,8 @@ def run_study_full(
         ),
     )
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    with _env(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):  # the loggers are _loggers()'s only
-        grid = tuner.fit()
+    with _env(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"), _without_tune_restore_hint():
+        grid = tuner.fit()  # (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS: the loggers are _loggers())
     seconds = time.perf_counter() - t0
     if resume:
         _set_aside(exp, earlier)
@@ -660,9 +660,11 @@ def run_study_full(
                 say(f"  trial {point} failed: {lines[-1] if lines else type(r.error).__name__}")
         say(f"{grid.num_errors} of {len(grid)} trials failed; their rows are missing from the "
             "tables (see the trial logs under the experiment folder).")
-    unfinished = sum(1 for r in grid if r.error is None and _unfinished(r))
+    # Tune creates trials as slots free up: an interrupted run may not have created them all
+    finished = sum(1 for r in grid if r.error is None and not _unfinished(r))
+    unfinished = n_trials - finished - grid.num_errors
     if unfinished:
-        say(f"{unfinished} of {len(grid)} trials did not finish (interrupted): continue with "
+        say(f"{unfinished} of {n_trials} trials did not finish (interrupted): continue with "
             f"--resume (Python: resume=True) and the same storage.")
     res = finish_study(study, results, exp, num_errors=grid.num_errors, seconds=seconds,
                        log=say)
@@ -731,6 +733,23 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _without_tune_restore_hint() -> Iterator[None]:
+    """Drop Tune's "Resume experiment with: Tuner.restore(...)" on an interrupted run: a study
+    resumes with ``--resume`` (see :func:`trainable`), which the run's own message says."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(keep)
+    try:
+        yield
+    finally:
+        tune_log.removeFilter(keep)
 
 
 def _loggers() -> list:

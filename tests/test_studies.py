@@ -7,6 +7,7 @@ studies' own grids on the in-process engine (same numbers as a trial; no Tune ov
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -209,6 +210,49 @@ def test_trial_with_ray_engine_completes_on_two_cores(ray_session, tmp_path):
         run_study_full(too_big, storage=tmp_path, log=None)
 
 
+def _saved_rounds(exp: Path) -> dict[int, int]:
+    """seed -> the round its trial last saved in the study's progress store."""
+    out = {}
+    for f in exp.glob("progress/*.json"):
+        record = json.loads(f.read_text())
+        out[record["values"]["seed"]] = record["state"]["round"]
+    return out
+
+
+def test_ctrl_c_stops_the_sweep_and_resume_finishes_it(ray_session, tmp_path):
+    """SIGINT (Ctrl-C) to `ray-robust tune`: exit code 130 and a message counting every trial
+    of the study not finished (Tune had not even created some); --resume then finishes them."""
+    rounds, every, seeds = 3000, 100, list(range(6))
+    study = {"name": "ctrl_c", "param_space": {
+        "environment": "E1", "algorithm": "alg2", "seed": {"grid_search": seeds},
+        "rounds": rounds, "report_every": every}, "plot": {"x": "seed"}}
+    path = _write(tmp_path, study)
+    cmd = [sys.executable, "-m", "ray_robust.cli", "tune", str(path), "--storage",
+           str(tmp_path), "--address", ray_session.get_runtime_context().gcs_address]
+    exp = tmp_path / "ctrl_c"
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 150
+    while not any(r >= 5 * every for r in _saved_rounds(exp).values()):
+        assert driver.poll() is None and time.monotonic() < deadline, _saved_rounds(exp)
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    out, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, out[-2000:]
+    counted = re.search(rf"(\d+) of {len(seeds)} trials did not finish \(interrupted\)", out)
+    assert counted, out[-2000:]  # of the study's trials, not of those Tune had created
+    saved = _saved_rounds(exp)
+    assert int(counted[1]) >= sum(saved.get(seed, 0) < rounds for seed in seeds) > 0, saved
+    assert "Tuner.restore" not in out
+
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    trials = pd.read_csv(exp / "ctrl_c_trials.csv")
+    assert sorted(trials["config/seed"]) == seeds and (trials["round"] == rounds).all()
+    for trial_dir in exp.glob("trainable_*"):
+        values = json.loads((trial_dir / "params.json").read_text())
+        np.testing.assert_array_equal(_theta_of(trial_dir), _reference_theta(values))
+
+
 def test_sweep_killed_mid_run_then_resumed_finishes_every_trial_once(ray_session, tmp_path):
     rounds, every = 3000, 100
     study = {"name": "killed", "param_space": {
@@ -220,17 +264,10 @@ def test_sweep_killed_mid_run_then_resumed_finishes_every_trial_once(ray_session
            str(tmp_path), "--address", address]
     exp = tmp_path / "killed"
 
-    def progress() -> dict[int, int]:  # seed -> the round its trial last saved
-        out = {}
-        for f in exp.glob("progress/*.json"):
-            record = json.loads(f.read_text())
-            out[record["values"]["seed"]] = record["state"]["round"]
-        return out
-
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 150
     while True:  # kill once a trial has finished and another is past a few reports
-        done = progress()
+        done = _saved_rounds(exp)
         if (any(r == rounds for r in done.values())
                 and any(5 * every <= r < rounds for r in done.values())):
             break
@@ -239,10 +276,10 @@ def test_sweep_killed_mid_run_then_resumed_finishes_every_trial_once(ray_session
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    saved, settled = progress(), time.monotonic()
+    saved, settled = _saved_rounds(exp), time.monotonic()
     while time.monotonic() - settled < 1.0:  # until the dead driver's trial actors are gone
         time.sleep(0.1)
-        if (now := progress()) != saved:
+        if (now := _saved_rounds(exp)) != saved:
             saved, settled = now, time.monotonic()
     assert min(saved.get(seed, 0) for seed in range(4)) < rounds  # really left unfinished
 
