@@ -14,9 +14,11 @@ def add_tune_parser(sub) -> None:
     )
     p.add_argument("config", help="study YAML, e.g. tune_configs/fig1_shift.yaml")
     p.add_argument("--storage", default=None,
-                   help="results folder (default: $RAY_ROBUST_TUNE_DIR or ./results/tune)")
+                   help="results folder (default: $RAY_ROBUST_TUNE_DIR or ./results/tune); on "
+                        "a multi-node cluster a folder every node sees (NFS), as Tune requires")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run of this study (Tuner.restore)")
+                   help="continue an interrupted run of this study: each trial from the progress "
+                        "it saved (STORAGE/<name>/progress/)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete a previous run of this study in STORAGE and start again")
     p.add_argument("--address", default=None,
