@@ -460,7 +460,12 @@ def _check_actors(actors: str | int, m: int) -> str | int:
 
 #: ``actors="auto"`` adds a worker actor per this many bytes of shard features (beyond one per
 #: node). Each actor costs ≈ 0.3–0.4 ms of call submission per round; on Spambase (1.7 MiB) one
-#: actor's round was 41 % faster than two's, on 7 MiB 50 % (2 cores, measured under load).
+#: actor's round was 41 % faster than two's, on 7 MiB 50 % (2 cores, under load). Measured again
+#: on a quiet 2-core machine (Alg. 2, m = 20, two actors' round ÷ one's): 1.09 / 0.87 / 0.94 /
+#: 0.86 / 0.78 at 10 / 13 / 16 / 21 / 31 MiB when the server evaluates only at T, but 1.30 /
+#: 1.36 / 1.30 / 1.06 / 1.18 (and 1.15 at 61 and 122 MiB) when it evaluates every round
+#: (``eval_every=1``, the default): its pass over the data then competes with the second actor
+#: for a core. The packing is fixed before a config is known, so 32 MiB is the compromise.
 AUTO_BYTES_PER_ACTOR = 32 * 2**20
 
 
