@@ -405,28 +405,28 @@ def trainable(config: dict[str, Any], experiment_dir: str | None = None) -> None
     store, never on Tune's experiment snapshot (whose writes are not crash-safe: a driver
     killed while writing it left an empty file, and a snapshot can name a trial checkpoint
     Tune has already deleted). The final report carries a Tune checkpoint of the state
-    (``result.checkpoint``).
+    (``result.checkpoint``). ``experiment_dir`` defaults to the Tune experiment's folder on
+    its (local or NFS) storage, so ``tune.Tuner(trainable, ...)`` used directly saves progress
+    too.
     """
     from ray import tune
 
+    if experiment_dir is None:
+        experiment_dir = _tune_experiment_dir()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the study chose its grid; Config warns for each point
         cfg, opts = split_trial_config(config)
     problem = cached_problem(cfg)
     server = Server(cfg, problem)
-    state = (trial_progress(experiment_dir, config) if experiment_dir else None) \
-        or server.initial_state()
+    state = trial_progress(experiment_dir, config) or server.initial_state()
     resumed_from = state.round
-    store = Path(experiment_dir) / PROGRESS_DIR / f"{trial_key(config)}.json" \
-        if experiment_dir else None
+    store = Path(experiment_dir) / PROGRESS_DIR / f"{trial_key(config)}.json"
 
     def report(row: dict) -> None:
         metrics = trial_metrics(server, state, row, opts, resumed_from)
         snapshot = state.to_dict()
-        if store is not None:
-            write_json_atomic(store, {"format": PROGRESS_FORMAT,
-                                      "values": json.loads(_canonical(config)),
-                                      "state": snapshot})
+        write_json_atomic(store, {"format": PROGRESS_FORMAT,
+                                  "values": json.loads(_canonical(config)), "state": snapshot})
         if state.round < cfg.rounds:
             tune.report(metrics)
             return
@@ -442,6 +442,21 @@ def trainable(config: dict[str, Any], experiment_dir: str | None = None) -> None
     else:
         train_local(cfg, problem, state=state, progress=report,
                     progress_every=opts["report_every"])
+
+
+def _tune_experiment_dir() -> str:
+    """The folder of the running Tune experiment on its storage (not the per-run staging folder
+    that ``get_trial_dir()`` names)."""
+    import pyarrow.fs
+    from ray import tune
+
+    storage = tune.get_context().get_storage()
+    if not isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+        raise ValueError(
+            "The trainable saves its progress to a folder on a local or shared (NFS) file "
+            f"system; this experiment's storage is {storage.storage_filesystem.type_name}. "
+            "Pass one: tune.with_parameters(trainable, experiment_dir=...).")
+    return storage.experiment_fs_path
 
 
 def _run_ray(server: Server, state: RunState, opts: dict, report: Callable) -> None:

@@ -156,6 +156,32 @@ def test_every_study_runs_quick_with_tune(ray_session, tmp_path, path, capsys):
     assert str(png) in out and "0 errors" in out
 
 
+def test_the_trainable_used_directly_with_tune_saves_progress_beside_its_trial(ray_session,
+                                                                             tmp_path):
+    """`tune.Tuner(trainable, ...)` without run_study: the progress store goes to the Tune
+    experiment's folder, and a trial run again there continues from it."""
+    from ray import tune
+
+    from ray_robust.studies import trainable
+
+    values = {"environment": "E1", "algorithm": "alg2", "seed": 0, "rounds": 20,
+              "report_every": 10}
+
+    def fit():
+        run = tune.RunConfig(name="direct", storage_path=str(tmp_path), verbose=0)
+        return tune.Tuner(trainable, param_space=values, run_config=run).fit()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = fit()
+        assert first.errors == [] and first[0].metrics["resumed_from"] == 0
+        state = trial_progress(tmp_path / "direct", values)
+        assert state is not None and state.round == 20
+        second = fit()  # the same experiment again: the trial finds its record
+    assert second[0].metrics["resumed_from"] == 20
+    np.testing.assert_array_equal(state.theta, _reference_theta(values))
+
+
 def test_run_study_api_returns_the_results(ray_session, tmp_path):
     study = {**GOOD, "name": "api"}
     df = run_study_full(study, storage=tmp_path, log=None).results
