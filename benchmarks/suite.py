@@ -241,7 +241,6 @@ _P3_NOOP = """
 import json, sys, tempfile, warnings
 from pathlib import Path
 from ray_robust import studies
-from ray_robust.checkpoint import write_json_atomic
 from ray_robust.cli import main
 
 def noop(config, experiment_dir=None):
@@ -250,13 +249,12 @@ def noop(config, experiment_dir=None):
         warnings.simplefilter("ignore")
         cfg, opts = studies.split_trial_config(config)
     every = opts["report_every"]
-    store = Path(experiment_dir) / studies.PROGRESS_DIR / f"{studies.trial_key(config)}.json"
     for r in [*range(every, cfg.rounds, every), cfg.rounds]:
         row = {"train_loss": 0.5, "test_error": 0.5, "test_error_shifted": 0.5, "round": r,
                "grad_norm": 0.0, "n_screened": 0, "n_rejected": 0, "error": 0.5,
                "resumed_from": 0}
         state = {"theta": [0.0] * 58, "round": r, "rows": [row] * r}
-        write_json_atomic(store, {"format": 1, "values": config, "state": state})
+        studies.save_trial_progress(experiment_dir, config, state)
         if r < cfg.rounds:
             tune.report(row)
             continue

@@ -26,17 +26,22 @@ def save_checkpoint(folder: str | os.PathLike, config: Config, state: RunState) 
     return write_json_atomic(Path(folder) / CHECKPOINT_FILE, payload)
 
 
-def write_json_atomic(target: str | os.PathLike, payload: object) -> Path:
+def write_json_atomic(target: str | os.PathLike, payload: object,
+                      indent: int | None = None) -> Path:
     """Write ``payload`` as JSON to ``target`` so that a reader (or a crash) sees the old file
     or the new one, never a part: a temporary file beside it, fsync, then ``os.replace``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(payload, fh, indent=indent)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return target
 
 

@@ -18,7 +18,7 @@ def add_tune_parser(sub) -> None:
                         "a multi-node cluster a folder every node sees (NFS), as Tune requires")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of this study: each trial from the progress "
-                        "it saved (STORAGE/<name>/progress/)")
+                        "it saved (STORAGE/<name>[_quick]/progress/)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete a previous run of this study in STORAGE and start again")
     p.add_argument("--address", default=None,

@@ -195,6 +195,11 @@ def _check_space(space: dict, where: str, label: str) -> None:
                                           f"{{grid_search: [...]}}. Got {dict(value)!r}.")
             if not isinstance(value["grid_search"], list) or not value["grid_search"]:
                 raise _study_error(where, f"the grid axis '{key}' must be a non-empty list.")
+            seen = [_canonical({key: v}) for v in value["grid_search"]]
+            if len(set(seen)) < len(seen):
+                raise _study_error(where, f"the grid axis '{key}' repeats a value "
+                                          f"({value['grid_search']!r}): every trial must differ "
+                                          "(a seed axis gives repeats).")
 
 
 def _check_study(study: Study, where: str) -> None:
@@ -376,19 +381,33 @@ def _canonical(values: Mapping[str, Any]) -> str:
     return json.dumps(dict(values), sort_keys=True, default=repr)
 
 
+def progress_path(exp: str | os.PathLike, values: Mapping[str, Any]) -> Path:
+    """Where a trial of the study in ``exp`` saves its progress."""
+    return Path(exp) / PROGRESS_DIR / f"{trial_key(values)}.json"
+
+
+def save_trial_progress(exp: str | os.PathLike, values: Mapping[str, Any],
+                        snapshot: Mapping[str, Any]) -> Path:
+    """Save a trial's run state (``RunState.to_dict()``) atomically: what
+    :func:`trial_progress` reads back."""
+    return write_json_atomic(progress_path(exp, values), {
+        "format": PROGRESS_FORMAT, "values": json.loads(_canonical(values)),
+        "state": dict(snapshot)})
+
+
 def trial_progress(exp: str | os.PathLike, values: Mapping[str, Any]) -> RunState | None:
     """The run state a trial of the study in ``exp`` last saved (θ, round, RNG states, every
     round's row), or None when it has saved none."""
-    path = Path(exp) / PROGRESS_DIR / f"{trial_key(values)}.json"
+    path = progress_path(exp, values)
     if not path.is_file():
         return None
     try:
         payload = json.loads(path.read_text())
-        if (payload.get("format") != PROGRESS_FORMAT
+        if (not isinstance(payload, dict) or payload.get("format") != PROGRESS_FORMAT
                 or payload.get("values") != json.loads(_canonical(values))):
             raise ValueError("it belongs to another trial or format")
         return RunState.from_dict(payload["state"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         warnings.warn(f"{path} is not a usable progress record ({exc}); the trial starts from "
                       "round 0 (its result is the same, only the earlier work is redone).",
                       RuntimeWarning, stacklevel=2)
@@ -407,7 +426,9 @@ def trainable(config: dict[str, Any], experiment_dir: str | None = None) -> None
     Tune has already deleted). The final report carries a Tune checkpoint of the state
     (``result.checkpoint``). ``experiment_dir`` defaults to the Tune experiment's folder on
     its (local or NFS) storage, so ``tune.Tuner(trainable, ...)`` used directly saves progress
-    too.
+    too, and a later run under the same experiment name continues from those records. The key
+    covers the config values only: after changing the code or the data, use a new name (or
+    ``--overwrite``).
     """
     from ray import tune
 
@@ -420,18 +441,16 @@ def trainable(config: dict[str, Any], experiment_dir: str | None = None) -> None
     server = Server(cfg, problem)
     state = trial_progress(experiment_dir, config) or server.initial_state()
     resumed_from = state.round
-    store = Path(experiment_dir) / PROGRESS_DIR / f"{trial_key(config)}.json"
 
     def report(row: dict) -> None:
         metrics = trial_metrics(server, state, row, opts, resumed_from)
         snapshot = state.to_dict()
-        write_json_atomic(store, {"format": PROGRESS_FORMAT,
-                                  "values": json.loads(_canonical(config)), "state": snapshot})
+        save_trial_progress(experiment_dir, config, snapshot)
         if state.round < cfg.rounds:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as d:
-            (Path(d) / CHECKPOINT_FILE).write_text(json.dumps(snapshot, default=float))
+            (Path(d) / CHECKPOINT_FILE).write_text(json.dumps(snapshot))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     if state.round >= cfg.rounds:  # finished in an earlier run: report the end once more
@@ -450,13 +469,18 @@ def _tune_experiment_dir() -> str:
     import pyarrow.fs
     from ray import tune
 
-    storage = tune.get_context().get_storage()
-    if not isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+    fix = "Pass one: tune.with_parameters(trainable, experiment_dir=...)."
+    try:  # a DeveloperAPI of Ray 2.x's Tune context
+        storage = tune.get_context().get_storage()
+        filesystem, path = storage.storage_filesystem, storage.experiment_fs_path
+    except (AttributeError, RuntimeError) as exc:
+        raise ValueError(f"This Ray Tune does not tell a trial its experiment folder ({exc}). "
+                         f"{fix}") from None
+    if not isinstance(filesystem, pyarrow.fs.LocalFileSystem):
         raise ValueError(
             "The trainable saves its progress to a folder on a local or shared (NFS) file "
-            f"system; this experiment's storage is {storage.storage_filesystem.type_name}. "
-            "Pass one: tune.with_parameters(trainable, experiment_dir=...).")
-    return storage.experiment_fs_path
+            f"system; this experiment's storage is {filesystem.type_name}. {fix}")
+    return path
 
 
 def _run_ray(server: Server, state: RunState, opts: dict, report: Callable) -> None:
@@ -593,7 +617,10 @@ def run_study_full(
     """Run (or, with ``resume``, continue) a study with Ray Tune and write CSV + PNG.
 
     Outputs go to ``<storage>/<name>[_quick]/``: ``<name>_trials.csv`` (the ResultGrid
-    DataFrame), ``<name>_summary.csv`` (mean ± sd over seeds), ``<name>.png``.
+    DataFrame), ``<name>_summary.csv`` (mean ± sd over seeds), ``<name>.png``; beside them
+    ``study.json`` (the study, read by ``resume``), ``progress/`` (each trial's saved run
+    state, see :func:`trainable`), Tune's trial folders and, after a resume,
+    ``superseded/`` (the trial folders of the interrupted run).
     """
     import ray
     from ray import tune
@@ -609,7 +636,12 @@ def run_study_full(
         if not (exp / "study.json").is_file():
             raise ValueError(f"Nothing to resume at {exp}: run the study without --resume "
                              "first (or pass the --storage it used).")
-        study = load_study(json.loads((exp / "study.json").read_text()))
+        try:
+            saved = json.loads((exp / "study.json").read_text())
+        except ValueError as exc:
+            raise ValueError(f"{exp / 'study.json'} is unreadable ({exc}): start the study "
+                             "again with --overwrite.") from None
+        study = load_study(saved)
         earlier = [d for d in exp.glob("trainable_*") if d.is_dir()]
     else:
         study = source if isinstance(source, Study) else load_study(source, quick=quick)
@@ -644,7 +676,7 @@ def run_study_full(
     # Tune's experiment snapshot (see trainable)
     if not resume:
         exp.mkdir(parents=True, exist_ok=True)
-        (exp / "study.json").write_text(json.dumps(study.to_dict(), indent=1))
+        write_json_atomic(exp / "study.json", study.to_dict(), indent=1)
     fn = tune.with_resources(tune.with_parameters(trainable, experiment_dir=str(exp)),
                              trial_resources)
     tuner = tune.Tuner(
@@ -665,7 +697,7 @@ def run_study_full(
         grid = tuner.fit()  # (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS: the loggers are _loggers())
     seconds = time.perf_counter() - t0
     if resume:
-        _set_aside(exp, earlier)
+        _set_aside(exp, earlier, replaced={trial_key(r.config or {}) for r in grid})
     results = grid.get_dataframe()
     if grid.num_errors:
         for r in grid:
@@ -705,15 +737,20 @@ def _unfinished(result) -> bool:
     return int((result.metrics or {}).get("round") or 0) < _rounds_of(result.config or {})
 
 
-def _set_aside(exp: Path, earlier: list[Path]) -> None:
-    """Move the trial folders of the interrupted run(s) to ``superseded/`` once the resumed
-    run has replaced them: the study's folder then holds one folder per trial, each with the
-    resumed run's reports (``resumed_from`` = the round it continued from), and
-    ``superseded/`` what was logged before the interruption."""
-    if earlier:
-        (exp / "superseded").mkdir(exist_ok=True)
+def _set_aside(exp: Path, earlier: list[Path], replaced: set[str]) -> None:
+    """Move the trial folders of the interrupted run(s) whose trials the resumed run ran again
+    (``replaced``: their keys) to ``superseded/``: the study's folder then holds one folder per
+    trial, with the resumed run's reports (``resumed_from`` = the round it continued from), and
+    ``superseded/`` what was logged before. When the resumed run is itself interrupted before
+    Tune created every trial, the folders of the others stay for the next resume."""
     for trial_dir in earlier:
-        shutil.move(str(trial_dir), str(exp / "superseded" / trial_dir.name))
+        try:
+            key = trial_key(json.loads((trial_dir / "params.json").read_text()))
+        except (OSError, ValueError):
+            key = None  # a folder Tune created without its parameters: nothing to keep apart
+        if key is None or key in replaced:
+            (exp / "superseded").mkdir(exist_ok=True)
+            shutil.move(str(trial_dir), str(exp / "superseded" / trial_dir.name))
 
 
 def _check_fits(study: Study, exp: Path) -> int:
@@ -769,7 +806,7 @@ def _without_tune_restore_hint() -> Iterator[None]:
 
 def _loggers() -> list:
     """Tune's result loggers minus TensorBoard: ``result.json`` and ``progress.csv`` per trial
-    (the ResultGrid and a resumed run read them). Tune adds a TensorBoard logger too unless
+    (the ResultGrid reads them). Tune adds a TensorBoard logger too unless
     TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1: an event file per trial, written and flushed at every
     report, ≈ 20 % of the driver's CPU samples in a Table I study (py-spy, issue 8)."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -909,11 +946,15 @@ __all__ = [
     "StudyResult",
     "aggregate",
     "load_study",
+    "progress_path",
     "run_grid_local",
     "run_study",
     "run_study_full",
+    "save_trial_progress",
     "split_trial_config",
     "tidy",
     "trainable",
+    "trial_key",
+    "trial_progress",
     "trial_resources",
 ]

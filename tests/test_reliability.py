@@ -4,7 +4,8 @@ Already covered in tests/test_ray_engine.py (not repeated here): ``ray.kill`` of
 mid-run and their rejoining with their shards, stragglers past ``round_timeout``, every worker
 dead → a clear ``AggregationError`` instead of a hang, checkpoints written by the Ray engine.
 Here: the full malformed-message matrix × every aggregator, a worker actor whose process exits
-by itself, and the server actor killed mid-run then resumed from its checkpoint.
+by itself, the server actor killed mid-run then resumed from its checkpoint, and a Tune trial
+whose process is killed, retried from its saved progress.
 
 Design decision on 1e308-norm vectors: they are finite floats of the right shape, hence *valid*
 messages (not counted as rejected). The robust rules screen them; the plain mean is poisoned by
@@ -17,6 +18,7 @@ from __future__ import annotations
 import gc
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,6 +234,7 @@ def test_tune_retries_a_failed_trial_with_max_failures(data_dir, tmp_path):
     assert int(res.results["round"].iloc[0]) == 20
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the trial in /proc")
 def test_a_trial_whose_process_is_killed_is_retried_from_its_saved_progress(data_dir, tmp_path):
     """SIGKILL of a trial's worker process mid-run: Tune retries the trial (max_failures), which
     continues from the round it last saved in the study's progress store, and ends with the θ
@@ -241,7 +244,6 @@ def test_a_trial_whose_process_is_killed_is_retried_from_its_saved_progress(data
     import signal
     import threading
     import time
-    from pathlib import Path
 
     from ray_robust.studies import run_study_full, split_trial_config
 

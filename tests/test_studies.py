@@ -89,6 +89,7 @@ GOOD = {"param_space": {"algorithm": "alg2", "seed": {"grid_search": [0, 1]}, "r
         ({"param_space": {"lamda": 3}}, "unknown parameter 'lamda'"),
         ({"colour": "red"}, r"unknown key\(s\) \['colour'\]"),
         ({"param_space": {"beta": {"grid_search": []}}}, "'beta' must be a non-empty list"),
+        ({"param_space": {"seed": {"grid_search": [0, 1, 0]}}}, "axis 'seed' repeats a value"),
         ({"param_space": {"beta": {"grid_search": [0.1, 1.5]}}}, r"grid point \{.*'beta': 1.5"),
         ({"param_space": {"lam": {"grid_search": [1.0, 3.0]}}}, r"\['lam'\] is not shown"),
         ({"metric": "accuracy"}, "'metric' must be one of"),
@@ -156,8 +157,8 @@ def test_every_study_runs_quick_with_tune(ray_session, tmp_path, path, capsys):
     assert str(png) in out and "0 errors" in out
 
 
-def test_the_trainable_used_directly_with_tune_saves_progress_beside_its_trial(ray_session,
-                                                                             tmp_path):
+def test_the_trainable_used_directly_with_tune_saves_progress_in_its_experiment(ray_session,
+                                                                               tmp_path):
     """`tune.Tuner(trainable, ...)` without run_study: the progress store goes to the Tune
     experiment's folder, and a trial run again there continues from it."""
     from ray import tune
@@ -274,9 +275,13 @@ def test_ctrl_c_stops_the_sweep_and_resume_finishes_it(ray_session, tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     trials = pd.read_csv(exp / "ctrl_c_trials.csv")
     assert sorted(trials["config/seed"]) == seeds and (trials["round"] == rounds).all()
+    resumed_from = []
     for trial_dir in exp.glob("trainable_*"):
         values = json.loads((trial_dir / "params.json").read_text())
         np.testing.assert_array_equal(_theta_of(trial_dir), _reference_theta(values))
+        resumed_from.append(json.loads(
+            (trial_dir / "result.json").read_text().splitlines()[-1])["resumed_from"])
+    assert any(0 < r < rounds for r in resumed_from), resumed_from  # continued mid-run
 
 
 def test_sweep_killed_mid_run_then_resumed_finishes_every_trial_once(ray_session, tmp_path):
@@ -317,9 +322,10 @@ def test_sweep_killed_mid_run_then_resumed_finishes_every_trial_once(ray_session
         values = json.loads((trial_dir / "params.json").read_text())
         history = [json.loads(line) for line in
                    (trial_dir / "result.json").read_text().splitlines()]
-        # each trial continued from the round it had saved: none ran from scratch twice,
-        # the interrupted one did not start over, a finished one only reported again
-        assert {h["resumed_from"] for h in history} == {saved.get(values["seed"], 0)}
+        # each trial continued from (at least) the round it had saved: none ran from scratch
+        # twice, the interrupted one did not start over, a finished one only reported again
+        (resumed_from,) = {h["resumed_from"] for h in history}
+        assert resumed_from >= saved.get(values["seed"], 0)
         assert history[-1]["round"] == rounds
         np.testing.assert_array_equal(_theta_of(trial_dir), _reference_theta(values))
     trials = pd.read_csv(exp / "killed_trials.csv")
@@ -328,8 +334,8 @@ def test_sweep_killed_mid_run_then_resumed_finishes_every_trial_once(ray_session
 
 
 def test_resume_does_not_need_tunes_experiment_snapshot(ray_session, tmp_path):
-    """A driver killed while Tune wrote its experiment snapshot left it empty (seen in CI), and a
-    snapshot can name a trial checkpoint Tune has already deleted: --resume reads neither."""
+    """A driver killed while Tune wrote its experiment snapshot left it empty (seen in CI):
+    --resume does not read it."""
     study = {**GOOD, "name": "snap", "param_space": {**GOOD["param_space"], "rounds": 20}}
     first = run_study_full(study, storage=tmp_path, log=None)
     exp = tmp_path / "snap"
@@ -357,6 +363,28 @@ def test_a_bad_progress_record_restarts_the_trial_with_a_warning(tmp_path):
     path.write_text(json.dumps({"format": 1, "values": {**values, "seed": 1}, "state": {}}))
     with pytest.warns(RuntimeWarning, match="belongs to another trial"):
         assert trial_progress(tmp_path, values) is None
+    path.write_text("null")
+    with pytest.warns(RuntimeWarning, match="not a usable progress record"):
+        assert trial_progress(tmp_path, values) is None
+    path.write_text(json.dumps({"format": 1, "values": values, "state": {
+        "theta": [0.0], "round": 1, "rows": [], "attack_rng": {"bit_generator": "Nope"}}}))
+    with pytest.warns(RuntimeWarning, match="not a usable progress record"):
+        assert trial_progress(tmp_path, values) is None
+
+
+def test_a_resume_sets_aside_only_the_trials_it_ran_again(tmp_path):
+    """An interrupted --resume leaves the folders of trials it had not yet re-created."""
+    from ray_robust.studies import _set_aside
+
+    earlier = []
+    for seed in (0, 1):
+        folder = tmp_path / f"trainable_{seed}"
+        folder.mkdir()
+        (folder / "params.json").write_text(json.dumps({"seed": seed}))
+        earlier.append(folder)
+    _set_aside(tmp_path, earlier, replaced={trial_key({"seed": 0})})
+    assert [p.name for p in (tmp_path / "superseded").iterdir()] == ["trainable_0"]
+    assert (tmp_path / "trainable_1").is_dir()
 
 
 # ---- the paper's trends (in-process engine, the studies' own grids and all their seeds) -----
