@@ -620,19 +620,47 @@ def run_study_full(
     DataFrame), ``<name>_summary.csv`` (mean ± sd over seeds), ``<name>.png``; beside them
     ``study.json`` (the study, read by ``resume``), ``progress/`` (each trial's saved run
     state, see :func:`trainable`), Tune's trial folders and, after a resume,
-    ``superseded/`` (the trial folders of the interrupted run).
+    ``superseded/`` (the trial folders of the interrupted run). One run of a study at a time:
+    a second one (in another process) raises ``ValueError`` instead of writing beside it.
     """
+    storage_path = Path(storage).resolve() if storage else _default_storage()
+    study = source if isinstance(source, Study) else load_study(source, quick=quick)
+    with _one_run_at_a_time(storage_path, study.experiment_name):
+        return _run_study_full(study, storage_path, resume=resume, overwrite=overwrite,
+                               address=address, verbose=verbose, log=log)
+
+
+@contextlib.contextmanager
+def _one_run_at_a_time(storage_path: Path, name: str) -> Iterator[None]:
+    """Hold ``<storage>/.<name>.lock`` (an advisory ``flock``, released when the process ends,
+    even by SIGKILL) so that two runs of one study never write the same folder."""
+    import fcntl
+
+    storage_path.mkdir(parents=True, exist_ok=True)
+    with open(storage_path / f".{name}.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise ValueError(
+                f"Another run of study '{name}' is using {storage_path / name} (process "
+                f"{fh.read().strip() or '?'}): wait for it to end or stop it, then --resume."
+            ) from None
+        fh.truncate(0)
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+
+
+def _run_study_full(study: Study, storage_path: Path, *, resume: bool, overwrite: bool,
+                    address: str | None, verbose: int,
+                    log: Callable[[str], None] | None) -> StudyResult:
     import ray
     from ray import tune
 
     say = log or (lambda _msg: None)
-    storage_path = Path(storage).resolve() if storage else _default_storage()
+    exp = storage_path / study.experiment_name
     if resume:
-        name = source.experiment_name if isinstance(source, Study) else None
-        if name is None:
-            study_guess = load_study(source, quick=quick)
-            name = study_guess.experiment_name
-        exp = storage_path / name
         if not (exp / "study.json").is_file():
             raise ValueError(f"Nothing to resume at {exp}: run the study without --resume "
                              "first (or pass the --storage it used).")
@@ -643,14 +671,11 @@ def run_study_full(
                              "again with --overwrite.") from None
         study = load_study(saved)
         earlier = [d for d in exp.glob("trainable_*") if d.is_dir()]
-    else:
-        study = source if isinstance(source, Study) else load_study(source, quick=quick)
-        exp = storage_path / study.experiment_name
-        if exp.exists():
-            if not overwrite:
-                raise ValueError(f"{exp} already holds an experiment: pass --resume to continue "
-                                 "it, --overwrite to start again, or another --storage.")
-            shutil.rmtree(exp)
+    elif exp.exists():
+        if not overwrite:
+            raise ValueError(f"{exp} already holds an experiment: pass --resume to continue "
+                             "it, --overwrite to start again, or another --storage.")
+        shutil.rmtree(exp)
     if not ray.is_initialized():
         # absolute: trials run in their own working directories (and on other nodes)
         env = {k: str(Path(os.environ[k]).resolve()) for k in ("RAY_ROBUST_DATA_DIR",)

@@ -372,6 +372,22 @@ def test_a_bad_progress_record_restarts_the_trial_with_a_warning(tmp_path):
         assert trial_progress(tmp_path, values) is None
 
 
+def test_a_second_run_of_a_running_study_is_refused(tmp_path):
+    """Two runs of one study would write the same folder (or --overwrite would delete it under
+    the first): the second is refused while the first holds the study's lock."""
+    import fcntl
+
+    study = {**GOOD, "name": "busy"}
+    with open(tmp_path / ".busy.lock", "a+") as held:  # as a running first run holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("12345")
+        held.flush()
+        for kwargs in ({}, {"resume": True}, {"overwrite": True}):
+            with pytest.raises(ValueError, match=r"Another run of study 'busy' .*12345"):
+                run_study_full(study, storage=tmp_path, log=None, **kwargs)
+    assert not (tmp_path / "busy").exists()
+
+
 def test_a_resume_sets_aside_only_the_trials_it_ran_again(tmp_path):
     """An interrupted --resume leaves the folders of trials it had not yet re-created."""
     from ray_robust.studies import _set_aside
