@@ -251,7 +251,9 @@ class _SoftmaxLine:
         return np.zeros(consts[0].shape)
 
     def buffers(self, shape):
-        return np.empty(shape), np.empty(shape[1:]), np.empty(shape)
+        """T (the step's softmax term), a per-sample scratch row, and R and GR for the
+        certificate's residual (allocated once per chunk, not per step)."""
+        return np.empty(shape), np.empty(shape[1:]), np.empty(shape), np.empty(shape)
 
     def _times_gram(self, C, out, tmp) -> None:
         """out_i = Σ_j G_ji C_j, as scaled adds in a fixed order."""
@@ -286,11 +288,10 @@ class _SoftmaxLine:
 
     def residual(self, C, consts, bufs, out) -> None:
         """out = ‖W(η_z r)‖ = √(Σ_i R_i (GR)_i) with R = η_z r = T − η_z·e_y − 2λη_z·C."""
-        T, tmp, R = bufs
+        T, tmp, R, GR = bufs
         np.multiply(C, -self.two_lam_eta, out=R)
         R += T
         R -= consts[1]
-        GR = np.empty_like(R)
         self._times_gram(R, GR, tmp)
         np.multiply(R[0], GR[0], out=out)
         for i in range(1, self.K):
