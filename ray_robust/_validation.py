@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from numbers import Integral, Real
+from numbers import Integral
+from numbers import Real as RealNumber
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def _fail(name: str, owner: str, expected: str, value: object, hint: str = "") -> ValueError:
@@ -32,7 +35,7 @@ def check_real(
     lo_s = "-inf" if low is None else f"{low:g}"
     hi_s = "inf" if high is None else f"{high:g}"
     expected = f"a finite real number in {lo_br}{lo_s}, {hi_s}{hi_br}"
-    if isinstance(value, bool) or not isinstance(value, Real):
+    if isinstance(value, bool) or not isinstance(value, RealNumber):
         raise _fail(name, owner, expected, value)
     v = float(value)
     if not math.isfinite(v):
@@ -83,3 +86,184 @@ def load_yaml_mapping(path: str | Path, kind: str, expected: str) -> dict[str, A
         raise ValueError(f"The {kind} file {p} must hold a mapping {expected}, not "
                          f"{type(values).__name__}.")
     return values
+
+
+# ---- declarative constraints: one object per kind of value ----------------------------------
+# A constraint checks a value and returns what is stored (normalized: a numpy scalar becomes a
+# Python float/int), parses the CLI's text, describes itself for errors, ``--help`` and the
+# docs, gives its JSON-schema fragment, and names values it must refuse (the generated
+# invalid-value test walks them). scikit-learn's ``_param_validation`` is the model.
+
+
+class Constraint:
+    """Base of the declarative constraints (see :class:`Real`, :class:`Integer`, ...)."""
+
+    def check(self, value: object, name: str, owner: str) -> Any:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def parse_text(self, text: str) -> Any:
+        return text
+
+    def schema(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def invalid(self) -> list[object]:
+        """Values this constraint must refuse (for the generated invalid-value test)."""
+        return [object()]
+
+
+class Real(Constraint):
+    """A finite real number in an interval; stored as a Python ``float``."""
+
+    def __init__(self, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False):
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+
+    def check(self, value: object, name: str, owner: str) -> float:
+        return check_real(value, name, owner, low=self.low, high=self.high,
+                          low_open=self.low_open, high_open=self.high_open)
+
+    def describe(self) -> str:
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        lb = "(" if self.low_open or self.low is None else "["
+        hb = ")" if self.high_open or self.high is None else "]"
+        return f"a real number in {lb}{lo}, {hi}{hb}"
+
+    def parse_text(self, text: str) -> float:
+        return float(text)
+
+    def schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "number"}
+        if self.low is not None:
+            out["exclusiveMinimum" if self.low_open else "minimum"] = self.low
+        if self.high is not None:
+            out["exclusiveMaximum" if self.high_open else "maximum"] = self.high
+        return out
+
+    def invalid(self) -> list[object]:
+        bad: list[object] = ["0.5", True, float("nan"), float("inf")]
+        if self.low is not None:
+            bad.append(self.low if self.low_open else self.low - 1.0)
+        if self.high is not None:
+            bad.append(self.high if self.high_open else self.high + 1.0)
+        return bad
+
+
+class Integer(Constraint):
+    """An integer ``>= low``; stored as a Python ``int``."""
+
+    def __init__(self, low: int | None = None):
+        self.low = low
+
+    def check(self, value: object, name: str, owner: str) -> int:
+        return check_int(value, name, owner, low=self.low)
+
+    def describe(self) -> str:
+        return "an integer" + (f" >= {self.low}" if self.low is not None else "")
+
+    def parse_text(self, text: str) -> int:
+        return int(text)
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "integer", **({} if self.low is None else {"minimum": self.low})}
+
+    def invalid(self) -> list[object]:
+        return [2.5, "3", True, *([] if self.low is None else [self.low - 1])]
+
+
+class Choice(Constraint):
+    """One of a set of names; ``options`` may be a callable (a registry read when checked)."""
+
+    def __init__(self, options: Iterable[str] | Any):
+        self._options = options
+
+    @property
+    def options(self) -> list[str]:
+        opts = self._options() if callable(self._options) else self._options
+        return list(opts)
+
+    def check(self, value: object, name: str, owner: str) -> str:
+        return check_choice(value, name, owner, self.options)
+
+    def describe(self) -> str:
+        return f"one of {sorted(self.options)}"
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "enum": sorted(self.options)}
+
+    def invalid(self) -> list[object]:
+        return ["no-such-name", 3, None]
+
+
+class Boolean(Constraint):
+    """``True`` or ``False`` (numpy booleans become Python ones; 0/1 and strings are refused)."""
+
+    def check(self, value: object, name: str, owner: str) -> bool:
+        if isinstance(value, np.bool_):
+            value = bool(value)
+        if not isinstance(value, bool):
+            raise _fail(name, owner, "a bool", value)
+        return value
+
+    def describe(self) -> str:
+        return "a bool"
+
+    def parse_text(self, text: str) -> bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {text!r}")
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "boolean"}
+
+    def invalid(self) -> list[object]:
+        return ["yes", 1, None]
+
+
+class Text(Constraint):
+    """A non-empty string (a path or a column name)."""
+
+    def check(self, value: object, name: str, owner: str) -> str:
+        if isinstance(value, Path):
+            value = str(value)
+        if not isinstance(value, str) or not value:
+            raise _fail(name, owner, "a non-empty string", value)
+        return value
+
+    def describe(self) -> str:
+        return "a string"
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "minLength": 1}
+
+    def invalid(self) -> list[object]:
+        return [3, "", ["a"]]
+
+
+class Optional(Constraint):
+    """``None`` (meaning what the field's doc says) or a value of ``inner``."""
+
+    def __init__(self, inner: Constraint):
+        self.inner = inner
+
+    def check(self, value: object, name: str, owner: str) -> Any:
+        return None if value is None else self.inner.check(value, name, owner)
+
+    def describe(self) -> str:
+        return f"None or {self.inner.describe()}"
+
+    def parse_text(self, text: str) -> Any:
+        return None if text.lower() in ("none", "null") else self.inner.parse_text(text)
+
+    def schema(self) -> dict[str, Any]:
+        return {"anyOf": [{"type": "null"}, self.inner.schema()]}
+
+    def invalid(self) -> list[object]:
+        return [v for v in self.inner.invalid() if v is not None]

@@ -12,8 +12,7 @@ from .algorithm import History, RunState
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import Problem, load_spambase, load_table, prepare
-
-ENGINES = ("local", "ray")
+from .engines import ENGINES
 
 
 def load_problem(config: Config) -> Problem:
@@ -63,6 +62,8 @@ def train(
     """
     if isinstance(config, dict):
         config = Config.from_dict(config)
+    if state is None:  # once per run: a resumed run gave them when it started
+        config.warn_outside_guarantee(stacklevel=2)
     if engine not in ENGINES:
         raise ValueError(f"The 'engine' parameter must be one of {list(ENGINES)}. Got {engine!r}.")
     if problem is None:

@@ -136,7 +136,7 @@ def ascent_plan_for(
     """
     from .core.models import get_model
 
-    model = get_model(config.model)
+    model = get_model(config.model, **config.model_options())
     l_zz = model.lipschitz_xx(theta)
     lam_g, _ = wrm.concavity_constants(config.lam, l_zz)
     d_z = float(np.linalg.norm(model.grad_x(theta, X, y), axis=-1).max()) / lam_g

@@ -16,8 +16,8 @@ from ray_robust.algorithm import Server, honest_gradients, merge_worker_info, ru
 from ray_robust.api import load_problem, train
 from ray_robust.core import wrm
 from ray_robust.core.models import LogisticRegression
-from ray_robust.reproduce import ENVIRONMENTS, PAPER_SETTING
-from ray_robust.schedule import Constant, TwoStage, parse_schedule, schedule_study
+from ray_robust.core.schedule import Constant, TwoStage, parse_schedule
+from ray_robust.reproduce import ENVIRONMENTS, PAPER_SETTING, schedule_study
 
 MODEL = LogisticRegression()
 E1 = {**PAPER_SETTING, **ENVIRONMENTS["E1"], "algorithm": "alg2"}

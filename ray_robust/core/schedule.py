@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
-from ._validation import check_real
+from .._validation import check_real
 
 _OWNER = "the config"
 _FORMS = (
@@ -149,78 +149,3 @@ def parse_schedule(value: Any) -> Schedule | None:
 def schedule_spec(schedule: Schedule | None) -> Any:
     """A YAML/JSON-able spelling of ``schedule`` (its compact string; callables stay as is)."""
     return getattr(schedule, "spec", schedule)
-
-
-
-# ---- the Sec. VI-D study: constant small ε vs constant large ε vs the two-stage schedule ----
-
-#: The study's three conditions (ε on standardized features; D_z = ‖z* − x‖ ≲ ‖w‖/λ_g ≈ 0.5
-#: on Spambase late in training, so 0.3 barely moves z while 1e-4 is tight).
-STUDY_SCHEDULES: dict[str, str] = {
-    "small": "constant:0.0001",
-    "large": "constant:0.3",
-    "two-stage": "two-stage:0.3,0.0001,0.5",
-}
-
-
-def schedule_study(
-    seeds=range(3),
-    *,
-    schedules: Mapping[str, Any] | None = None,
-    quick: bool = False,
-    engine: str = "local",
-    log: Callable[[str], None] | None = None,
-    **overrides: Any,
-):
-    """Sec. VI-D's claim on Table I's Environment 1 (Alg. 2, aggressive attack, α = β = 0.15,
-    L1 shift ε = 0.3): final error and total ascent steps per ε schedule and seed.
-
-    ``quick`` runs 30 rounds (CI). Returns one row per (seed, schedule) with ``error`` (test
-    error under the shift), ``clean_error``, ``ascent_steps`` (certified ascent steps summed
-    over all rounds and the m shards), ``certificate_max`` (worst final-round certificate)
-    and ``seconds``; :func:`summarize_schedule_study` averages over seeds.
-    """
-    import warnings
-
-    import pandas as pd
-
-    from .api import load_problem, train
-    from .config import Config
-    from .reproduce import ENVIRONMENTS, PAPER_SETTING
-
-    schedules = dict(STUDY_SCHEDULES if schedules is None else schedules)
-    values = {**PAPER_SETTING, **ENVIRONMENTS["E1"], "algorithm": "alg2", "t_z_max": 1000}
-    if quick:
-        values["rounds"] = 30
-    values.update(overrides)
-    rows = []
-    for seed in seeds:
-        base = Config.from_dict({**values, "seed": seed})
-        problem = load_problem(base)
-        for name, spec in schedules.items():
-            cfg = base.replace(epsilon_schedule=spec)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # β = α is the paper's own setting
-                hist = train(cfg, engine=engine, problem=problem)
-            fin = hist.final
-            rows.append(dict(seed=seed, schedule=name, spec=schedule_spec(cfg.epsilon_schedule),
-                             error=fin["test_error_shifted"], clean_error=fin["test_error"],
-                             ascent_steps=int(fin["wrm_steps_total"]),
-                             certificate_max=fin["wrm_certificate_max"],
-                             seconds=hist.seconds))
-            if log:
-                r = rows[-1]
-                log(f"seed {seed} {name:>9} ({r['spec']}): error {r['error']:.4f}, "
-                    f"{r['ascent_steps']} ascent steps")
-    return pd.DataFrame(rows)
-
-
-def summarize_schedule_study(runs):
-    """Mean ± sd over seeds of error and ascent steps per schedule, and steps relative to the
-    constant-small-ε run (the paper's claim: two-stage ≈ small-ε error at a fraction of it)."""
-    g = runs.groupby("schedule", sort=False)
-    out = g.agg(error_mean=("error", "mean"), error_sd=("error", "std"),
-                steps_mean=("ascent_steps", "mean"), n_seeds=("seed", "nunique"))
-    if "small" in out.index:
-        out["steps_vs_small"] = out["steps_mean"] / out.loc["small", "steps_mean"]
-    return out.reset_index()
