@@ -3,15 +3,41 @@
 Implements Algorithm 2 of Zhou, Xu, Wang, Tian, "Robust Distributed Learning Against Both
 Distributional Shifts and Byzantine Attacks" (IEEE TNNLS 2025, arXiv 2210.16682) with an
 in-process engine and a Ray actor engine that share one numerical core (``ray_robust.core``).
+
+The public names below are imported on first use (PEP 562), so ``import ray_robust.core``
+loads the numerical core alone, and ``import ray`` (~1 s) happens only for the Ray engine.
+The layers and what each module owns: ``docs/architecture.md``.
 """
 
-from .algorithm import DivergenceError, History
-from .api import load_problem, resume, train
-from .config import ALGORITHMS, Config, GuaranteeWarning
-from .core.aggregators import AggregationError, mean, nbs
-from .data import Problem, Shards, load_spambase, prepare
-from .reproduce import ENVIRONMENTS, PAPER_TABLE1, run_table1, summarize_table1
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name → the module that defines it
+_EXPORTS: dict[str, str] = {
+    "DivergenceError": "algorithm",
+    "History": "algorithm",
+    "load_problem": "api",
+    "resume": "api",
+    "train": "api",
+    "ALGORITHMS": "config",
+    "Config": "config",
+    "GuaranteeWarning": "config",
+    "AggregationError": "core.aggregators",
+    "mean": "core.aggregators",
+    "nbs": "core.aggregators",
+    "Problem": "data",
+    "Shards": "data",
+    "load_spambase": "data",
+    "load_table": "data",
+    "prepare": "data",
+    "RayTrainer": "engines.ray_engine",
+    "ENVIRONMENTS": "reproduce",
+    "PAPER_TABLE1": "reproduce",
+    "run_table1": "reproduce",
+    "summarize_table1": "reproduce",
+}
 __all__ = [
     "ALGORITHMS",
     "ENVIRONMENTS",
@@ -26,6 +52,7 @@ __all__ = [
     "Shards",
     "load_problem",
     "load_spambase",
+    "load_table",
     "mean",
     "nbs",
     "prepare",
@@ -36,12 +63,24 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from .algorithm import DivergenceError, History
+    from .api import load_problem, resume, train
+    from .config import ALGORITHMS, Config, GuaranteeWarning
+    from .core.aggregators import AggregationError, mean, nbs
+    from .data import Problem, Shards, load_spambase, load_table, prepare
+    from .engines.ray_engine import RayTrainer
+    from .reproduce import ENVIRONMENTS, PAPER_TABLE1, run_table1, summarize_table1
 
-def __getattr__(name: str):
-    """``RayTrainer`` is imported lazily: ``import ray`` costs ~1 s and the local engine needs
-    none of it."""
-    if name == "RayTrainer":
-        from .engines.ray_engine import RayTrainer
 
-        return RayTrainer
-    raise AttributeError(f"module 'ray_robust' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ray_robust' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
