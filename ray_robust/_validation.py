@@ -6,6 +6,7 @@ Every violation reads: "The 'beta' parameter of NBS must be a float in [0, 1). G
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Iterable
 from numbers import Integral
 from numbers import Real as RealNumber
@@ -16,7 +17,8 @@ import numpy as np
 
 
 def _fail(name: str, owner: str, expected: str, value: object, hint: str = "") -> ValueError:
-    msg = f"The '{name}' parameter of {owner} must be {expected}. Got {value!r} instead."
+    msg = (f"The '{name}' parameter of {owner} must be {expected}. Got {bounded_repr(value)} "
+           "instead.")
     return ValueError(msg + (f" {hint}" if hint else ""))
 
 
@@ -66,9 +68,81 @@ def check_choice(value: object, name: str, owner: str, choices: Iterable[str]) -
     return value
 
 
+#: the most YAML nodes a document may expand to (aliases counted at every use): a run config
+#: or a study has hundreds; a "billion laughs" alias bomb has billions
+MAX_YAML_NODES = 100_000
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 6, 6, 6
+_REPR.maxset, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 6, 80, 80, 40
+
+
+def bounded_repr(value: object) -> str:
+    """``repr(value)`` cut to a bounded size and cost (an echoed value may be an alias bomb,
+    a huge array or an object whose ``__repr__`` raises)."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a hostile __repr__: name the type only
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _yaml_loader():
+    """A safe loader that refuses duplicate keys and reads YAML 1.2 floats (``1e-3``)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the default constructor reports it
+                continue
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {bounded_repr(key)}", key_node.start_mark)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    Loader.add_implicit_resolver(  # YAML 1.1 reads 1e-3 (no dot) as a string; 1.2 as a float
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
+    return Loader
+
+
+def _expanded_size(value: object, limit: int) -> int:
+    """How many nodes ``value`` has when every shared (aliased) part is counted at each use;
+    counted once per distinct object, so an alias bomb costs linear time to measure."""
+    memo: dict[int, int] = {}
+
+    def size(v: object) -> int:
+        key = id(v)
+        if key in memo:
+            return memo[key]
+        if isinstance(v, dict):
+            n = 1 + sum(size(k) + size(x) for k, x in v.items())
+        elif isinstance(v, list | tuple | set):
+            n = 1 + sum(size(x) for x in v)
+        else:
+            n = 1
+        memo[key] = n = min(n, limit + 1)
+        return n
+
+    return size(value)
+
+
 def load_yaml_mapping(path: str | Path, kind: str, expected: str) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; one clear error for a missing file
-    (``FileNotFoundError``), malformed YAML or another top-level type (``ValueError``).
+    (``FileNotFoundError``), malformed YAML, a duplicate key, a document that expands past
+    :data:`MAX_YAML_NODES` nodes, or another top-level type (``ValueError``).
 
     ``kind`` names the file ("config", "study"); ``expected`` says what the mapping holds.
     """
@@ -78,10 +152,16 @@ def load_yaml_mapping(path: str | Path, kind: str, expected: str) -> dict[str, A
     if not p.is_file():
         raise FileNotFoundError(f"No {kind} file at {p}.")
     try:
-        values = yaml.safe_load(p.read_text())
+        values = yaml.load(p.read_text(), Loader=_yaml_loader())  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ValueError(f"The {kind} file {p} is not valid YAML: {exc}".replace("\n", " ")) \
             from None
+    except UnicodeDecodeError:
+        raise ValueError(f"The {kind} file {p} is not UTF-8 text.") from None
+    if _expanded_size(values, MAX_YAML_NODES) > MAX_YAML_NODES:
+        raise ValueError(
+            f"The {kind} file {p} expands to more than {MAX_YAML_NODES:,} YAML nodes (aliases "
+            "counted at each use): refused as an alias bomb. Write the values out.")
     if not isinstance(values, dict):
         raise ValueError(f"The {kind} file {p} must hold a mapping {expected}, not "
                          f"{type(values).__name__}.")
@@ -147,9 +227,9 @@ class Real(Constraint):
     def invalid(self) -> list[object]:
         bad: list[object] = ["0.5", True, float("nan"), float("inf")]
         if self.low is not None:
-            bad.append(self.low if self.low_open else self.low - 1.0)
+            bad.append(self.low if self.low_open else self.low - max(1.0, abs(self.low)))
         if self.high is not None:
-            bad.append(self.high if self.high_open else self.high + 1.0)
+            bad.append(self.high if self.high_open else self.high + max(1.0, abs(self.high)))
         return bad
 
 

@@ -151,7 +151,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     )
 
     seeds = range(args.seed0, args.seed0 + args.seeds)
-    overrides = {"rounds": args.rounds} if args.rounds else {}
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1. Got {args.seeds}.")
+    overrides = {"rounds": args.rounds} if args.rounds is not None else {}
     if args.data_path:
         overrides["data_path"] = args.data_path
     _say(f"Table I: 5 environments × 4 algorithms × {args.seeds} seed(s) on Spambase, "

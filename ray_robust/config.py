@@ -27,6 +27,7 @@ from ._validation import (
     Optional,
     Real,
     Text,
+    bounded_repr,
     check_choice,
 )
 from .core.aggregators import AGGREGATORS, PRECONDITIONS, n_to_screen
@@ -161,8 +162,8 @@ class Config:
     wrm: bool = param(True, Boolean(), "worker",
                       "honest workers perturb their samples by WRM before the gradient (DRO, "
                       "Algorithm 2)")
-    lam: float = param(3.0, Real(0, low_open=True), "worker",
-                       "λ, the WRM penalty on ‖z − x‖²")
+    lam: float = param(3.0, Real(0, 1e100, low_open=True), "worker",
+                       "λ, the WRM penalty on ‖z − x‖² (at most 1e100: 2λ must not overflow)")
     eta_z: float | None = param(0.05, Optional(Real(0, low_open=True)), "worker",
                                 "WRM ascent step; None = 1/(2λ), the Sec. VI-D step "
                                 "2/(L_g + λ_g)")
@@ -258,6 +259,12 @@ class Config:
                 "The 'epsilon_schedule' parameter of the config must be None when 'epsilon' is "
                 f"set (epsilon = {self.epsilon!r}). Got {self.epsilon_schedule!r} instead; "
                 "give one of the two."
+            )
+        if self.shift_eps > 0 and self.shift_norm == "none":
+            raise ValueError(
+                f"The 'shift_eps' parameter of {owner} needs a shift norm: got shift_eps = "
+                f"{self.shift_eps:g} with shift_norm = 'none'. Set shift_norm to 'l1', 'l2' or "
+                "'linf', or shift_eps to 0."
             )
         if self.attack_scale is not None and self.attack in _PROBABILITY_ATTACKS:
             Real(0, 1).check(self.attack_scale, "attack_scale", f"{owner} (attack "
@@ -387,8 +394,13 @@ class Config:
         algo = values.pop("algorithm", None)
         if algo is not None:
             check_choice(algo, "algorithm", "the config", ALGORITHMS)
-            values.setdefault("aggregator", ALGORITHMS[algo][0])
-            values.setdefault("wrm", ALGORITHMS[algo][1])
+            for key, implied in zip(("aggregator", "wrm"), ALGORITHMS[algo], strict=True):
+                if key in values and values[key] != implied:
+                    raise ValueError(
+                        f"The 'algorithm' parameter of the config ({algo!r}) means {key} = "
+                        f"{implied!r}, but {key} = {bounded_repr(values[key])} is also given. "
+                        f"Give one of the two.")
+                values[key] = implied
         unknown = sorted(set(values) - set(PARAMS), key=str)
         if unknown:
             raise ValueError(

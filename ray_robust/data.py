@@ -231,6 +231,12 @@ def prepare(
         order = np.random.default_rng(split_seq).permutation(y.size)
         k = round(train_fraction * y.size)
         tr, te = np.sort(order[:k]), np.sort(order[k:])
+    if te.size == 0 or tr.size == 0:
+        raise ValueError(
+            f"The 'train_fraction' parameter leaves {'no test' if te.size == 0 else 'no training'}"
+            f" sample of the {y.size}. Got {train_fraction!r} instead; use a fraction that "
+            f"keeps both sets non-empty (e.g. 0.8)."
+        )
     if n_workers > tr.size:
         raise ValueError(
             f"The 'n_workers' parameter must be at most the number of training samples "
@@ -238,7 +244,15 @@ def prepare(
         )
     X_tr, X_te = X[tr], X[te]
     if standardize == "zscore":
-        mu, sd = X_tr.mean(axis=0), X_tr.std(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mu, sd = X_tr.mean(axis=0), X_tr.std(axis=0)
+        bad = np.flatnonzero(~(np.isfinite(mu) & np.isfinite(sd)))
+        if bad.size:
+            raise ValueError(
+                f"Feature column(s) {bad[:5].tolist()} are too large to standardize (their mean "
+                f"or standard deviation overflows float64). Rescale those columns, or use "
+                f"standardize='none'."
+            )
         sd = np.where(sd > 0, sd, 1.0)
         X_tr, X_te = (X_tr - mu) / sd, (X_te - mu) / sd
     y_tr, y_te = y[tr].astype(np.float64), y[te].astype(np.float64)
