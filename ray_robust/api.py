@@ -4,15 +4,38 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from ._validation import check_int
 from .algorithm import History, RunState
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, lock_checkpoint_dir, save_checkpoint
 from .config import Config
 from .data import Problem, load_spambase, load_table, prepare
 from .engines import ENGINES
+
+
+def check_output_dir(folder: str | os.PathLike, name: str) -> Path:
+    """The folder a run will write to, checked before any work starts: it is a folder (or can
+    be created) and writable. One clear ``ValueError`` otherwise."""
+    path = Path(folder).expanduser()
+    if any(len(part.encode()) > 255 for part in path.parts) or len(str(path).encode()) > 4000:
+        raise ValueError(f"The '{name}' parameter names a path whose name is too long for the "
+                         "file system (a part over 255 bytes); give a shorter one.")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"The '{name}' parameter names {path}, which is a file, not a folder; "
+                         "give a folder (it is created if missing).")
+    if not probe.is_dir():
+        raise ValueError(f"The '{name}' parameter names {path}, under the file {probe}; give "
+                         "a folder path.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"The '{name}' parameter names {path}, but {probe} is not writable; "
+                         "give a folder you can write to.")
+    return path
 
 
 def load_problem(config: Config) -> Problem:
@@ -66,8 +89,6 @@ def train(
         config.warn_outside_guarantee(stacklevel=2)
     if engine not in ENGINES:
         raise ValueError(f"The 'engine' parameter must be one of {list(ENGINES)}. Got {engine!r}.")
-    if problem is None:
-        problem = load_problem(config)
     check_int(progress_every, "progress_every", "train", low=1)
     if checkpoint_dir is not None:
         check_int(checkpoint_every, "checkpoint_every", "train", low=1)
@@ -77,9 +98,20 @@ def train(
                 "checkpoint is JSON). Use a 'two-stage:…' or 'constant:…' schedule, or drop "
                 "checkpoint_dir."
             )
-        folder = checkpoint_dir
+        folder = check_output_dir(checkpoint_dir, "checkpoint_dir")
         engine_options.update(checkpoint=lambda s: save_checkpoint(folder, config, s),
                               checkpoint_every=checkpoint_every)
+        with lock_checkpoint_dir(folder):
+            return _train(config, problem, engine, progress, progress_every, checkpoint_dir,
+                          state, engine_options)
+    return _train(config, problem, engine, progress, progress_every, None, state,
+                  engine_options)
+
+
+def _train(config: Config, problem: Problem | None, engine: str, progress, progress_every: int,
+           checkpoint_dir, state: RunState | None, engine_options: dict) -> History:
+    if problem is None:
+        problem = load_problem(config)
     if state is not None:
         engine_options["state"] = state
     if engine == "local":

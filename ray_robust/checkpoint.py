@@ -1,48 +1,34 @@
 """Checkpoints of a training run: the config and the RunState (θ, round, RNG states, history).
 
-A checkpoint is one JSON file, ``checkpoint.json``, in a folder. It is written atomically
-(a temporary file, fsync, then ``os.replace``), so a crash while writing leaves the previous
-checkpoint intact and never one that loads wrong. Floats round-trip exactly through JSON, so a
-resumed run ends with the same θ, bit for bit, as an uninterrupted one.
+A checkpoint is one run-state record (:mod:`ray_robust.run_state`: atomic, checksummed,
+validated on reading), ``checkpoint.json``, in a folder; a run that writes checkpoints holds
+the folder's lock, ``.checkpoint.lock``, so two runs (or a ``--resume`` of a run still going)
+never interleave their checkpoints. Floats round-trip exactly through JSON, so a resumed run
+ends with the same θ, bit for bit, as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from .algorithm import RunState
 from .config import Config
+from .run_state import RecordError, hold_lock, read_record, write_json_atomic, write_record
 
 CHECKPOINT_FILE = "checkpoint.json"
-FORMAT = 1
+LOCK_FILE = ".checkpoint.lock"
+KIND = "checkpoint"
+
+__all__ = ["CHECKPOINT_FILE", "load_checkpoint", "lock_checkpoint_dir", "save_checkpoint",
+           "write_json_atomic"]
 
 
 def save_checkpoint(folder: str | os.PathLike, config: Config, state: RunState) -> Path:
     """Write ``config`` and ``state`` to ``folder/checkpoint.json`` atomically."""
-    payload = {"format": FORMAT, "config": config.to_dict(), "state": state.to_dict()}
-    return write_json_atomic(Path(folder) / CHECKPOINT_FILE, payload)
-
-
-def write_json_atomic(target: str | os.PathLike, payload: object,
-                      indent: int | None = None) -> Path:
-    """Write ``payload`` as JSON to ``target`` so that a reader (or a crash) sees the old file
-    or the new one, never a part: a temporary file beside it, fsync, then ``os.replace``."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(payload, fh, indent=indent)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
+    return write_record(Path(folder) / CHECKPOINT_FILE, kind=KIND, config=config, state=state)
 
 
 def load_checkpoint(folder: str | os.PathLike) -> tuple[Config, RunState]:
@@ -53,9 +39,19 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[Config, RunState]:
             f"No checkpoint at {path}. Pass the folder given as --checkpoint-dir to a run."
         )
     try:
-        payload = json.loads(path.read_text())
-        if payload.get("format") != FORMAT:
-            raise ValueError(f"unknown format {payload.get('format')!r}")
-        return Config.from_dict(payload["config"]), RunState.from_dict(payload["state"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path} is not a valid ray_robust checkpoint ({exc}).") from None
+        config, state = read_record(path, kind=KIND)
+    except RecordError as exc:
+        raise ValueError(f"{path} is not a valid ray_robust checkpoint: {exc.why}.") from None
+    if config is None:
+        raise ValueError(f"{path} is not a valid ray_robust checkpoint: it holds no config.")
+    return config, state
+
+
+@contextlib.contextmanager
+def lock_checkpoint_dir(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``folder``'s checkpoint lock for a run (see the module docstring)."""
+    folder = Path(folder)
+    with hold_lock(folder / LOCK_FILE, f"the checkpoint folder {folder}",
+                   "wait for that run to end (or stop it), then resume from the folder, or "
+                   "give another --checkpoint-dir."):
+        yield folder

@@ -84,9 +84,22 @@ def _theory_line(cfg: Config) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .api import resume, train
+    from .api import check_output_dir, resume, train
 
+    if args.out:
+        check_output_dir(args.out, "--out")  # before the work, not after it
     if args.resume:
+        changed = [f"--{name.replace('_', '-')}" for name in PARAMS if hasattr(args, name)]
+        changed += ["--config"] * bool(args.config) + ["--algorithm"] * bool(args.algorithm)
+        if changed:
+            raise ValueError(
+                f"--resume continues the checkpointed run with its own config; {changed} would "
+                "change it. Drop them, or start a new run with --checkpoint-dir.")
+        if args.checkpoint_dir and Path(args.checkpoint_dir).resolve() != Path(
+                args.resume).resolve():
+            raise ValueError(
+                f"--resume {args.resume} keeps checkpointing into that folder; "
+                f"--checkpoint-dir {args.checkpoint_dir} contradicts it. Drop --checkpoint-dir.")
         _say(f"ray-robust train: resuming from {args.resume}")
         hist = resume(args.resume, engine=args.engine, progress=_progress,
                       progress_every=args.progress, checkpoint_every=args.checkpoint_every,
