@@ -412,6 +412,10 @@ def load_table(source, label: str | int, *, features: list | None = None):
                or pd.api.types.is_bool_dtype(part[c])]
         if bad:
             raise ValueError(f"Column(s) {bad} are not numeric; encode them as numbers first.")
+        complex_cols = [c for c in cols if pd.api.types.is_complex_dtype(part[c])]
+        if complex_cols:  # to_numpy(float64) would drop the imaginary part with a warning only
+            raise ValueError(f"Column(s) {complex_cols} are complex; give real features (e.g. "
+                             "the real and imaginary parts as two columns).")
         arr = part.to_numpy(dtype=np.float64)
         nonfinite = [c for c, ok in zip(cols, np.isfinite(arr).all(axis=0), strict=True) if not ok]
         if nonfinite:

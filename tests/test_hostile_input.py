@@ -100,3 +100,13 @@ def test_cli_extreme_values_are_one_line_and_status_2(argv, capsys, data_dir):
     err = capsys.readouterr().err.strip()
     assert err.startswith("ray-robust: error:") and "\n" not in err
     assert time.perf_counter() - t0 < 5  # refused before any work
+
+
+def test_a_complex_column_in_load_table_is_an_error():
+    import pandas as pd
+
+    from ray_robust import load_table
+
+    df = pd.DataFrame({"a": [1 + 2j, 3 + 0j, 1j, 2], "b": [1.0, 2, 3, 4], "y": [0, 1, 0, 1]})
+    with pytest.raises(ValueError, match=r"Column\(s\) \['a'\] are complex"):
+        load_table(df, label="y")
