@@ -164,11 +164,14 @@ class History:
         return self.metrics.iloc[-1].to_dict()
 
 
-def _warn_once(state: RunState, key: str, message: str, category: type[Warning]) -> None:
-    """Warn unless this run (``state``) has already given warning ``key``."""
+def _warn_once(
+    state: RunState, key: str, message: str, category: type[Warning], depth: int = 1
+) -> None:
+    """Warn unless this run (``state``) has already given warning ``key``, pointing at the
+    caller of Server.step (``depth``: the calls between the warning's method and step)."""
     if key not in state.warned:
         state.warned.add(key)
-        warnings.warn(message, category, stacklevel=4)  # the caller of Server.step
+        warnings.warn(message, category, stacklevel=3 + depth)
 
 
 def build_rule_for(config: Config, shard_sizes: np.ndarray | None = None) -> Rule:
@@ -320,7 +323,7 @@ class Server:
                 f"the WRM subproblem g(z) = f(θ; z) − λ‖z − x‖² is not provably strongly "
                 f"concave (λ_g = 2λ − L_zz ≤ 0, Sec. VI-D), so its T_z-step ascent may not "
                 f"converge. Raise lam above {l_zz / 2:.4g} (warned once per run).",
-                GuaranteeWarning,
+                GuaranteeWarning, depth=2,  # step → _record → _check_concave
             )
 
     def _refuse_step(self, state: RunState) -> None:
@@ -331,7 +334,7 @@ class Server:
             f"Round {state.round + 1}: the aggregate G overflows (‖G‖ or θ − ηG is not "
             f"finite: a huge message reached the '{self.config.aggregator}' rule); the step "
             "is refused and θ kept. Counted in the metrics' steps_refused (warned once per "
-            "run).", RuntimeWarning,
+            "run).", RuntimeWarning, depth=2,  # step → _step_theta → _refuse_step
         )
 
     def _certified_info(self, state: RunState, info: dict) -> dict:
