@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .adversary import Adversary, byzantine_mask, poison_shards
+from .adversary import Adversary, poison_shards
+from .adversary import byzantine_mask as byzantine_mask  # re-exported: it lived here
 from .config import Config, GuaranteeWarning
 from .core.aggregators import AggregationError
 from .core.models import get_model
@@ -29,12 +30,6 @@ from .core.shift import error_rate
 from .core.wrm import local_gradients, local_gradients_certified
 from .data import Problem, Shards
 from .seeds import SeedStreams
-
-__all__ = [  # byzantine_mask and poison_shards live in .adversary; importable from here too
-    "METRICS", "DivergenceError", "History", "RunState", "Server", "build_rule_for",
-    "byzantine_mask", "count_overflowed", "honest_gradients", "merge_worker_info",
-    "poison_shards", "run", "validate_messages",
-]
 
 METRICS = (
     "round", "train_loss", "test_error", "test_error_shifted", "grad_norm", "n_screened",
