@@ -20,13 +20,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .adversary import Adversary, poison_shards
+from .adversary import byzantine_mask as byzantine_mask  # re-exported: it lived here
 from .config import Config, GuaranteeWarning
-from .core.aggregators import AGGREGATORS, STATEFUL, Aggregation, AggregationError
-from .core.attacks import ATTACKS, DATA_ATTACKS, USES_OWN, flip_labels
+from .core.aggregators import AggregationError
 from .core.models import get_model
+from .core.rules import Rule, build_rule
 from .core.shift import error_rate
 from .core.wrm import local_gradients, local_gradients_certified
 from .data import Problem, Shards
+from .seeds import SeedStreams
 
 METRICS = (
     "round", "train_loss", "test_error", "test_error_shifted", "grad_norm", "n_screened",
@@ -156,15 +159,35 @@ class History:
         return self.metrics.iloc[-1].to_dict()
 
 
-def _warn_once(state: RunState, key: str, message: str, category: type[Warning]) -> None:
-    """Warn unless this run (``state``) has already given warning ``key``."""
+def _warn_once(
+    state: RunState, key: str, message: str, category: type[Warning], depth: int = 1
+) -> None:
+    """Warn unless this run (``state``) has already given warning ``key``, pointing at the
+    caller of Server.step (``depth``: the calls between the warning's method and step)."""
     if key not in state.warned:
         state.warned.add(key)
-        warnings.warn(message, category, stacklevel=4)  # the caller of Server.step
+        warnings.warn(message, category, stacklevel=3 + depth)
+
+
+def build_rule_for(config: Config, shard_sizes: np.ndarray | None = None) -> Rule:
+    """The aggregation rule ``config`` asks for, built once for its m workers.
+
+    Hyperparameters from ``config.aggregator_kwargs()`` (f resolved to ``config.n_tolerated``);
+    with ``config.weighted``, the mean/NBS weights are ``shard_sizes``, the (m,) shard sizes.
+    """
+    kwargs = config.aggregator_kwargs()
+    if config.weighted:
+        if shard_sizes is None:
+            raise ValueError(
+                "A config with weighted=True averages by shard sizes: pass shard_sizes, e.g. "
+                "problem.shards.sizes."
+            )
+        kwargs["weights"] = np.asarray(shard_sizes).astype(np.float64)
+    return build_rule(config.aggregator, n_inputs=config.n_workers, **kwargs)
 
 
 class Server:
-    """Algorithm 2's server for one config: attack, validate, aggregate (NBS/mean), step."""
+    """Algorithm 2's server for one config: attack, validate, aggregate, step, evaluate."""
 
     def __init__(self, config: Config, problem: Problem):
         self.config = config
@@ -185,27 +208,18 @@ class Server:
                     f"{config.n_classes - 1}. Got labels in [{labels.min():g}, "
                     f"{labels.max():g}]; set n_classes to the number of classes."
                 )
-        seq = np.random.SeedSequence(config.seed).spawn(4)
-        self._init_seq, self._attack_seq = seq[1], seq[3]
-        k = config.n_byzantine
-        self.byzantine = byzantine_mask(config)
-        fn, _ = AGGREGATORS[config.aggregator]
-        kwargs = config.aggregator_kwargs()
-        if config.weighted:
-            kwargs["weights"] = problem.shards.sizes.astype(np.float64)
-        self._stateful = config.aggregator in STATEFUL
-        self._aggregate: Callable[..., Aggregation] = lambda g, **kw: fn(g, **kwargs, **kw)
-        self._attack = None
-        self._attack_own = config.attack in USES_OWN
-        if config.attack != "none" and k:
-            self._attack = ATTACKS[config.attack][0]
+        self.seeds = SeedStreams(config.seed)
+        self.adversary = Adversary.from_config(config)
+        self.byzantine = self.adversary.byzantine
+        self.rule = build_rule_for(config, problem.shards.sizes)
 
     def initial_state(self) -> RunState:
         theta0 = self.model.init(
-            self.problem.X_train.shape[1], np.random.default_rng(self._init_seq),
+            self.problem.X_train.shape[1], np.random.default_rng(self.seeds.init),
             self.config.init_scale,
         )
-        return RunState(theta0, 0, np.random.default_rng(self._attack_seq))
+        return RunState(theta0, 0, np.random.default_rng(self.seeds.attack),
+                        aggregator_state=self.rule.init_state(self.p))
 
     def step(
         self, state: RunState, messages: Sequence[Any] | np.ndarray, info: dict | None = None,
@@ -216,55 +230,60 @@ class Server:
         Returns the round's metrics row when this round is evaluated, else None. ``updated()``
         is called once θ_{t+1} and the round counter are final, before the evaluation.
         """
-        cfg = self.config
-        grads, rejected = validate_messages(messages, self.p)
-        if self._attack is not None:
-            honest = grads[~self.byzantine & ~rejected]
-            if len(honest):
-                own = {"own": grads[self.byzantine].copy()} if self._attack_own else {}
-                grads[self.byzantine] = self._attack(
-                    honest, int(self.byzantine.sum()), state.attack_rng,
-                    cfg.effective_attack_scale, **own,
-                )
-                rejected = rejected & ~self.byzantine
-                bad = ~np.isfinite(grads).all(axis=1)
-                grads[bad], rejected = np.nan, rejected | bad
-            else:  # no honest message arrived (Ray: all timed out): there is nothing to attack
-                # with, and the byzantine rows must not pass for honest ones: they count as lost
-                grads[self.byzantine], rejected = np.nan, rejected | self.byzantine
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below
-            try:
-                if self._stateful:
-                    agg = self._aggregate(grads, state=state.aggregator_state)
-                else:
-                    agg = self._aggregate(grads)
-            except AggregationError as exc:
-                self._check_diverged(state, messages)
-                raise AggregationError(f"Round {state.round + 1} of {cfg.rounds}: {exc}") from None
-            G = agg.vector
-            g_norm = float(np.linalg.norm(G))
-            theta = state.theta - cfg.eta * G
+        grads, rejected = validate_messages(messages, self.p)  # the m messages, (m, p)
+        grads, rejected = self.adversary.forge(grads, rejected, state.attack_rng)  # byzantine
+        G, rule_state, agg = self._aggregate(state, grads, messages)  # G = NBS(g_1, …, g_m)
         if info and "wrm_samples" in info:
             info = self._certified_info(state, info)
-        if np.isfinite(g_norm) and np.isfinite(theta).all():
-            state.theta = theta
-            if self._stateful:
-                state.aggregator_state = agg.state
-        else:  # G's norm or θ overflowed: the step is refused, θ and a rule's state are kept
-            self._check_diverged(state, messages)
-            self._refuse_step(state)
+        g_norm = self._step_theta(state, G, rule_state, messages)  # θ_{t+1} = θ_t − ηG
         state.round += 1
         if updated is not None:
             updated()
-        if state.round % cfg.eval_every and state.round != cfg.rounds:
+        if state.round % self.config.eval_every and state.round != self.config.rounds:
             return None
+        return self._record(state, g_norm, agg["n_screened"], int(rejected.sum()), info)
+
+    def _aggregate(
+        self, state: RunState, grads: np.ndarray, messages: Sequence[Any] | np.ndarray
+    ) -> tuple[np.ndarray, Any, dict]:
+        """The rule's (G, next state, info) on the validated messages; too few valid ones
+        end the run (a :class:`DivergenceError` when most of them overflowed)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked in the step
+            try:
+                return self.rule(grads, state.aggregator_state)
+            except AggregationError as exc:
+                self._check_diverged(state, messages)
+                raise AggregationError(
+                    f"Round {state.round + 1} of {self.config.rounds}: {exc}"
+                ) from None
+
+    def _step_theta(
+        self, state: RunState, G: np.ndarray, rule_state: Any,
+        messages: Sequence[Any] | np.ndarray,
+    ) -> float:
+        """θ ← θ − ηG and the rule's new state, unless ‖G‖ or θ overflows: that step is
+        refused (θ and the rule's state kept, counted in ``steps_refused``). Returns ‖G‖."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            g_norm = float(np.linalg.norm(G))
+            theta = state.theta - self.config.eta * G
+        if np.isfinite(g_norm) and np.isfinite(theta).all():
+            state.theta, state.aggregator_state = theta, rule_state
+        else:
+            self._check_diverged(state, messages)
+            self._refuse_step(state)
+        return g_norm
+
+    def _record(
+        self, state: RunState, g_norm: float, n_screened: int, n_rejected: int,
+        info: dict | None,
+    ) -> dict:
+        """Evaluate θ_{t+1} and append the round's metrics row to ``state.rows``."""
+        cfg = self.config
         if cfg.wrm and cfg.epsilon_at(state.round - 1) is None:
             self._check_concave(state)
         row = self.evaluate(state.theta)
-        row.update(
-            round=state.round, grad_norm=g_norm,
-            n_screened=agg.n_screened, n_rejected=int(rejected.sum()),
-        )
+        row.update(round=state.round, grad_norm=g_norm, n_screened=n_screened,
+                   n_rejected=n_rejected)
         if "steps_refused" in state.totals:
             row["steps_refused"] = state.totals["steps_refused"]
         row.update(info or {})
@@ -299,7 +318,7 @@ class Server:
                 f"the WRM subproblem g(z) = f(θ; z) − λ‖z − x‖² is not provably strongly "
                 f"concave (λ_g = 2λ − L_zz ≤ 0, Sec. VI-D), so its T_z-step ascent may not "
                 f"converge. Raise lam above {l_zz / 2:.4g} (warned once per run).",
-                GuaranteeWarning,
+                GuaranteeWarning, depth=2,  # step → _record → _check_concave
             )
 
     def _refuse_step(self, state: RunState) -> None:
@@ -310,7 +329,7 @@ class Server:
             f"Round {state.round + 1}: the aggregate G overflows (‖G‖ or θ − ηG is not "
             f"finite: a huge message reached the '{self.config.aggregator}' rule); the step "
             "is refused and θ kept. Counted in the metrics' steps_refused (warned once per "
-            "run).", RuntimeWarning,
+            "run).", RuntimeWarning, depth=2,  # step → _step_theta → _refuse_step
         )
 
     def _certified_info(self, state: RunState, info: dict) -> dict:
@@ -371,11 +390,11 @@ def honest_gradients(
 
     Returns the ``(k, p)`` local gradients and a dict of worker-side statistics (empty when
     there is nothing to report), merged over actors with :func:`merge_worker_info`.
-    Under a data attack (label flip) the byzantine workers' shards are poisoned here
-    (:func:`poison_shards`), so every engine computes the same messages.
+    Under a data attack (label flip) the byzantine workers' shards are poisoned here, where
+    the data is (:mod:`ray_robust.adversary` says why), so every engine computes the same
+    messages.
     """
-    if config.attack in DATA_ATTACKS and config.n_byzantine:
-        shards = poison_shards(config, model, shards)
+    shards = poison_shards(config, model, shards)
     eps = config.epsilon_at(round_index) if config.wrm else None
     if eps is not None:  # certified ε (Sec. VI-D); the stopping rule is decided per shard
         return local_gradients_certified(
@@ -387,36 +406,6 @@ def honest_gradients(
         wrm=config.wrm, lam=config.lam, eta_z=config.step_z, t_z=config.t_z,
     )
     return grads, {}
-
-
-def byzantine_mask(config: Config) -> np.ndarray:
-    """The ``(m,)`` mask of byzantine workers: round(αm) of them, drawn from the seed."""
-    m, k = config.n_workers, config.n_byzantine
-    byz = np.zeros(m, dtype=bool)
-    if k:
-        byz_seq = np.random.SeedSequence(config.seed).spawn(4)[2]
-        byz[np.random.default_rng(byz_seq).choice(m, size=k, replace=False)] = True
-    return byz
-
-
-def poison_shards(config: Config, model, shards: Shards) -> Shards:
-    """The shards with the byzantine workers' labels flipped (label flip, a data attack).
-
-    A fraction ``attack_scale`` (default 1) of each byzantine shard's samples is flipped by
-    ``model.flip_labels``, drawn from a stream seeded by (seed, worker index): any stack of
-    shards, whatever its grouping, gets the same labels.
-    """
-    byz = byzantine_mask(config)[shards.worker_ids]
-    if not byz.any():
-        return shards
-    fraction = config.effective_attack_scale
-    y = shards.y.copy()
-    for i in np.flatnonzero(byz):
-        rng = np.random.default_rng(
-            np.random.SeedSequence(config.seed, spawn_key=(4, int(shards.worker_ids[i])))
-        )
-        y[i] = flip_labels(model, shards.y[i], shards.weights[i], fraction, rng)
-    return Shards(shards.X, y, shards.weights, shards.workers)
 
 
 def merge_worker_info(infos: Sequence[dict]) -> dict:

@@ -14,6 +14,7 @@ from .checkpoint import load_checkpoint, lock_checkpoint_dir, save_checkpoint
 from .config import Config
 from .data import Problem, load_spambase, load_table, prepare
 from .engines import ENGINES
+from .seeds import SeedStreams
 
 
 def check_output_dir(folder: str | os.PathLike, name: str) -> Path:
@@ -56,10 +57,9 @@ def load_problem(config: Config) -> Problem:
             )
     else:
         X, y = load_spambase(config.data_path)
-    data_seq = np.random.SeedSequence(config.seed).spawn(4)[0]
     return prepare(
         X, y, n_workers=config.n_workers, train_fraction=config.train_fraction,
-        standardize=config.standardize, seed=data_seq,
+        standardize=config.standardize, seed=SeedStreams(config.seed).data,
         sharding=config.sharding, dirichlet_alpha=config.dirichlet_alpha,
     )
 

@@ -384,7 +384,8 @@ def bulyan(grads: np.ndarray, f: int) -> Aggregation:
     return Aggregation(vec, _mask(valid, selected[np.unique(order)]))
 
 
-#: name → (function, the config fields it takes)
+#: name → (function, the config fields it takes); :func:`ray_robust.core.rules.build_rule`
+#: makes a rule, built once, of each
 AGGREGATORS = {
     "mean": (mean, ()),
     "nbs": (nbs, ("beta",)),
@@ -396,6 +397,3 @@ AGGREGATORS = {
     "centered_clipping": (centered_clipping, ("clip_tau", "clip_iters")),
     "bulyan": (bulyan, ("f",)),
 }
-
-#: rules that carry state across rounds: called with ``state=`` and return ``Aggregation.state``
-STATEFUL = frozenset({"centered_clipping"})
