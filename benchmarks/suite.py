@@ -346,9 +346,8 @@ def p4(quick: bool) -> list[Result]:
     Ray overhead is measured, not assumed: the same run (same m, actors, rounds) on a data set
     100× smaller, whose own size is then negligible. Both runs get the actor count that
     ``actors="auto"`` picks for the large one (auto would pick fewer for the small data)."""
-    import ray
 
-    from ray_robust.engines.ray_engine import RayTrainer, auto_actor_count
+    from ray_robust.engines.ray_engine import RayTrainer, actor_count
 
     n, d, m = (20_000, 10, 100) if quick else (200_000, 50, 1000)
     rounds = 5 if quick else 20
@@ -357,9 +356,7 @@ def p4(quick: bool) -> list[Result]:
     idle = ray_pss()
     peaks = {}
     problems = {size: _synthetic_problem(max(size, 2 * m), d, m) for size in (n // 100, n)}
-    n_actors = auto_actor_count(m, int(ray.cluster_resources().get("CPU", 1)),
-                                sum(1 for node in ray.nodes() if node.get("Alive")),
-                                problems[n].shards.X.nbytes)
+    n_actors = actor_count("auto", m, problems[n].shards.X.nbytes)
     for size, problem in problems.items():  # the small run first: the fixed overhead
         with PeakSampler() as peak:
             with RayTrainer(problem, actors=n_actors) as trainer:

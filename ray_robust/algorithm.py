@@ -29,6 +29,7 @@ from .core.rules import Rule, build_rule
 from .core.shift import error_rate
 from .core.wrm import local_gradients, local_gradients_certified
 from .data import Problem, Shards
+from .messages import count_overflowed, validate_messages  # also importable from here
 from .seeds import SeedStreams
 
 METRICS = (
@@ -37,72 +38,11 @@ METRICS = (
 )
 
 
-def validate_messages(
-    messages: Sequence[Any] | np.ndarray, p: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Turn whatever the m workers sent into an ``(m, p)`` float64 array.
-
-    A message is valid when it is a numpy float array of shape ``(p,)`` with finite entries.
-    Anything else (None, a string, a list, a wrong shape, complex, object or bool dtype, NaN,
-    Inf, a missing message) becomes a row of NaN, which every aggregator screens out. Returns
-    the array and the boolean ``(m,)`` mask of rejected messages. Never raises.
-
-    Size limit: a message is exactly p floats (the model's parameter count). The type, dtype
-    and shape are checked first, in O(1), so an oversized array is rejected before any
-    arithmetic touches it (Ray has already carried it, zero-copy from the object store).
-    Finite vectors of enormous norm (e.g. entries of 1e308) are *valid* messages: screening
-    them is the aggregator's job (NBS, Krum, ... drop them; the mean is poisoned by them, which
-    is the mean's honest behaviour), and :meth:`Server.step` refuses a step that would make θ
-    non-finite.
-    """
-    if (
-        isinstance(messages, np.ndarray)
-        and messages.dtype == np.float64
-        and messages.ndim == 2
-        and messages.shape[1] == p
-    ):
-        grads = messages.copy()  # the in-process engine's honest stack: the fast path
-        rejected = ~np.isfinite(grads).all(axis=1)
-        grads[rejected] = np.nan
-        return grads, rejected
-    m = len(messages)
-    grads = np.full((m, p), np.nan)
-    rejected = np.ones(m, dtype=bool)
-    for i, msg in enumerate(messages):
-        if (
-            isinstance(msg, np.ndarray)
-            and msg.dtype.kind == "f"
-            and msg.shape == (p,)
-        ):
-            with np.errstate(over="ignore", invalid="ignore"):
-                row = msg.astype(np.float64)
-            if np.isfinite(row).all():
-                grads[i] = row
-                rejected[i] = False
-    return grads, rejected
-
-
 class DivergenceError(ValueError):
     """The run diverged: most workers' gradients overflowed (the step size η is too large).
 
     A ``ValueError`` (a bad parameter value, eta): the CLI prints it in one line, status 2.
     """
-
-
-def count_overflowed(messages: Sequence[Any] | np.ndarray, p: int) -> int:
-    """How many messages are p floats that are non-finite or whose norm overflows.
-
-    These are well-formed messages from workers whose arithmetic blew up (a diverging run), as
-    opposed to missing or malformed ones. Only called on the rare failing path.
-    """
-    if isinstance(messages, np.ndarray) and messages.ndim == 2:
-        rows = list(messages)
-    else:
-        rows = [msg for msg in messages if isinstance(msg, np.ndarray)
-                and msg.dtype.kind == "f" and msg.shape == (p,)]
-    with np.errstate(over="ignore", invalid="ignore"):
-        return sum(not np.isfinite(np.linalg.norm(np.asarray(r, dtype=np.float64)))
-                   for r in rows)
 
 
 @dataclass
@@ -230,7 +170,8 @@ class Server:
         Returns the round's metrics row when this round is evaluated, else None. ``updated()``
         is called once θ_{t+1} and the round counter are final, before the evaluation.
         """
-        grads, rejected = validate_messages(messages, self.p)  # the m messages, (m, p)
+        m = self.config.n_workers
+        grads, rejected = validate_messages(messages, self.p, m=m)  # the m messages, (m, p)
         grads, rejected = self.adversary.forge(grads, rejected, state.attack_rng)  # byzantine
         G, rule_state, agg = self._aggregate(state, grads, messages)  # G = NBS(g_1, …, g_m)
         if info and "wrm_samples" in info:

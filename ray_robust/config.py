@@ -367,7 +367,10 @@ class Config:
 
     @property
     def effective_attack_scale(self) -> float:
-        return ATTACKS[self.attack][1] if self.attack_scale is None else self.attack_scale
+        """The attack's intensity: ``attack_scale``, or the attack's default (0 for 'none')."""
+        if self.attack_scale is not None:
+            return self.attack_scale
+        return 0.0 if self.attack == "none" else ATTACKS[self.attack][1]
 
     @property
     def algorithm(self) -> str | None:

@@ -329,12 +329,16 @@ def trial_metrics(server: Server, state: RunState, row: dict, opts: dict,
 
 def trial_actors(opts: Mapping[str, Any], n_workers: int) -> int:
     """How many worker actors a trial with ``engine: ray`` starts (``actors``: an int,
-    'per-worker' = m, or 'auto' = 1 inside a trial)."""
+    'per-worker' = m, or 'auto'). 'auto' is the engine's own rule
+    (:func:`~ray_robust.engines.ray_placement.actor_count`) for a trial's resources: its
+    bundles are reserved before its problem is loaded, so one CPU on one node, hence 1."""
     actors = opts.get("actors", 1)
     if actors == "per-worker":
         return n_workers
     if actors == "auto":
-        return 1
+        from .engines.ray_placement import actor_count
+
+        return actor_count("auto", n_workers, feature_bytes=0, resources=(1, 1))
     if isinstance(actors, bool) or not isinstance(actors, int) or actors < 1:
         raise ValueError(f"The 'actors' parameter of the study must be an int >= 1, "
                          f"'per-worker' or 'auto'. Got {actors!r} instead.")

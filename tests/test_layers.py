@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ray_robust"
 LAYERS: dict[str, int] = {
     "ray_robust._validation": 0,
     "ray_robust.core": 0,
+    "ray_robust.seeds": 0,
     "ray_robust.data": 1,
     "ray_robust.config": 2,
     "ray_robust.messages": 3,

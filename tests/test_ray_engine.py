@@ -229,25 +229,30 @@ def test_a_stalled_actor_is_not_queued_behind_its_late_call(problem):
 
 
 def test_malformed_actor_replies_never_crash_the_gather():
-    """Regression: stacks of different widths or a non-dict info crashed the fast path."""
+    """A reply is one bytes object (header, JSON statistics, k·p float64): any other value,
+    another k or p, a wrong length or statistics that are not numbers leave that group's
+    messages None; the statistics of the valid replies are merged."""
     from ray_robust.engines.ray_engine import _Gather
+    from ray_robust.messages import REPLY_HEADER, REPLY_MAGIC, encode_reply
 
     gather = _Gather([None, None], [[0, 1], [2]], round_timeout=1.0)
-    for results in (
-        [(np.zeros((2, 5)), {}), (np.zeros((1, 6)), {})],
-        [(np.zeros((2, 5)), None), (np.zeros((1, 5)), {"wrm_steps": "x"})],
-        [(np.zeros((2, 5)), {"wrm_steps": 1}), (np.zeros((1, 5)), {"wrm_steps": "x"})],
-        ["junk", (np.zeros((1, 5)), 3)],
+    good = encode_reply(np.arange(10.0).reshape(2, 5), {"wrm_steps": 3, "wrm_sums": (1.5,)})
+    other = encode_reply(np.arange(5.0).reshape(1, 5) + 10, {"wrm_steps": 4, "wrm_sums": (2.5,)})
+    messages, info = gather._assemble([good, other], p=5)
+    np.testing.assert_array_equal(messages, np.arange(15.0).reshape(3, 5))
+    assert info == {"wrm_steps": 7, "wrm_sums": (1.5, 2.5)}
+    text = b'{"wrm_steps":"x"}'
+    for bad in (
+        None, b"", bytes(39), good, encode_reply(np.zeros((1, 6)), {}), other[:-1], other + b"0",
+        (np.zeros((1, 5)).tobytes(), {}),  # the old (bytes, info) tuple: not bytes
+        bytearray(other),  # only exact bytes
+        REPLY_HEADER.pack(REPLY_MAGIC, 1, 5, len(text)) + text + bytes(40),
+        REPLY_HEADER.pack(b"XXXX", 1, 5, 2) + b"{}" + bytes(40),
     ):
-        messages, info = gather._assemble(results)
-        assert len(messages) == 3 and isinstance(info, dict)
-    # gradient stacks sent as bytes: k·p float64 are read back, any other length is dropped
-    good, short = np.arange(10.0).tobytes(), bytes(39)
-    messages, _ = gather._assemble([(good, {}), (short, {})], p=5)
-    np.testing.assert_array_equal(messages[0], np.arange(5.0))
-    assert messages[2] is None
-    messages, _ = gather._assemble([(good, {}), (np.arange(5.0).tobytes(), {})], p=5)
-    np.testing.assert_array_equal(messages, np.arange(15.0).reshape(3, 5) % 10)
+        messages, info = gather._assemble([good, bad], p=5)
+        assert len(messages) == 3 and messages[2] is None, bad
+        np.testing.assert_array_equal(messages[1], np.arange(5.0, 10.0))
+        assert info == {"wrm_steps": 3, "wrm_sums": (1.5,)}
 
 
 def test_the_server_actor_gets_no_shard_features(problem):

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from .threads import line_threads, run_tasks  # noqa: F401 (line_threads re-exported)
 
 #: scalars per chunk of the fast path's recursion (a chunk's few float64 arrays stay in L2)
 LINE_CHUNK = 32768
@@ -325,57 +325,6 @@ def _line_kernel(model, theta, lam: float, eta_z: float):
     return _LINE_KERNELS[link](gram, lam, eta_z)
 
 
-# ---- running chunks on threads ---------------------------------------------------------------
-
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-
-def line_threads() -> int:
-    """Threads the fast path spreads its chunks over: ``$RAY_ROBUST_WRM_THREADS`` if set, else
-    ``$OMP_NUM_THREADS`` (its first level) if set (Ray sets it to the actor's CPUs, 1 for ours:
-    the Ray engine parallelizes over actors), else the usable cores. The result does not
-    depend on it."""
-    value = os.environ.get("RAY_ROBUST_WRM_THREADS", "").strip()
-    if value:
-        try:
-            n = int(value)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ValueError(f"$RAY_ROBUST_WRM_THREADS must be a positive integer. Got {value!r} "
-                             "instead.")
-        return n
-    omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if omp.isdigit() and int(omp) > 0:
-        return int(omp)
-    return max(1, len(os.sched_getaffinity(0)))
-
-
-def _run_tasks(fn, tasks: list) -> None:
-    """Call ``fn(task)`` for every task, spread over :func:`line_threads` threads (numpy
-    releases the GIL in its elementwise loops; the calling thread takes one share)."""
-    n = min(line_threads(), len(tasks))
-    if n <= 1:
-        for task in tasks:
-            fn(task)
-        return
-    key = (os.getpid(), n)  # a forked child must not reuse the parent's (dead) threads
-    pool = _POOLS.get(key)
-    if pool is None:
-        pool = _POOLS[key] = ThreadPoolExecutor(n - 1, thread_name_prefix="wrm-line")
-
-    def share(i: int) -> None:
-        for task in tasks[i::n]:
-            fn(task)
-
-    futures = [pool.submit(share, i) for i in range(1, n)]
-    try:
-        share(0)
-    finally:
-        for f in futures:
-            f.result()
-
-
 def _line_fixed(model, theta, s_x, y, lam: float, eta_z: float, t_z: int):
     """``(c_T, ∂f/∂s at z_T)``, both shaped like ``s_x``: T_z kernel steps per chunk of samples
     (``LINE_CHUNK`` scalars), the chunks spread over threads."""
@@ -402,7 +351,7 @@ def _line_fixed(model, theta, s_x, y, lam: float, eta_z: float, t_z: int):
         if kern.lead:
             c[a:b], r[a:b] = state, np.moveaxis(out, 0, -1)
 
-    _run_tasks(run, list(range(0, yy.size, size)))
+    run_tasks(run, list(range(0, yy.size, size)))
     return c.reshape(s_x.shape), r.reshape(s_x.shape)
 
 
@@ -533,7 +482,7 @@ def _line_certified(model, theta, s_x, y, mask, lam, eta_z, epsilon, t_z_max):
                     kern.increment(state, consts, bufs)  # elementwise: the same values again
                 kern.advance(state, consts, bufs)
 
-    _run_tasks(run, list(range(0, k, rows)))
+    run_tasks(run, list(range(0, k, rows)))
     return c, steps, cert, r
 
 
