@@ -14,6 +14,7 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.optimize import minimize
 
@@ -409,7 +410,8 @@ def test_comparison_study_quick_mode_draws_heatmaps(data_dir, tmp_path):
 
     assert set(full.param_space["attack"]["grid_search"]) == {"none", *ATTACKS}
     study = load_study(path, quick=True)
-    summary = aggregate(tidy(run_grid_local(study), study), study)
+    runs = run_grid_local(study)
+    summary = aggregate(tidy(runs, study), study)
     assert len(summary) == 4 * 2  # 2 aggregators × 2 attacks × 1 wrm × 2 shift budgets
     tabs = panels(summary)
     assert set(tabs) == {(True, 0.0), (True, 0.3)}
@@ -419,12 +421,33 @@ def test_comparison_study_quick_mode_draws_heatmaps(data_dir, tmp_path):
     standing = nbs_standing(summary)
     assert set(standing["aggregator"]) == {"nbs", "krum"}
     png = draw_heatmaps(summary, tmp_path / "heat.png")
-    assert png.stat().st_size > 5000
+    assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 5000
     csv = tmp_path / "aggregators_vs_attacks_summary.csv"
     summary.to_csv(csv, index=False)
     assert main([str(csv)]) == 0
-    assert (tmp_path / "aggregators_vs_attacks_heatmap.png").is_file()
-    assert (tmp_path / "aggregators_vs_attacks_standing.csv").is_file()
+    heatmap = tmp_path / "aggregators_vs_attacks_heatmap.png"
+    assert heatmap.read_bytes().startswith(b"\x89PNG") and heatmap.stat().st_size > 5000
+    written = pd.read_csv(tmp_path / "aggregators_vs_attacks_standing.csv")
+    assert list(written.columns) == ["aggregator", "wrm", "shift_eps", "clean_attack_free",
+                                     "mean_over_attacks", "worst_attack_error", "worst_attack",
+                                     "rank_mean", "rank_worst"]
+    assert len(written) == 2 * 2  # (WRM on) × 2 shift budgets panels × 2 aggregators
+    assert written["clean_attack_free"].isna().all()  # the quick grid has no 'none' attack
+    # each row from the run records (one seed: a grid point's mean is its run's error)
+    for eps in (0.0, 0.3):
+        error = {(r["config/aggregator"], r["config/attack"]): r[f"error@eps={eps:g}"]
+                 for r in runs.to_dict("records")}
+        panel = written[written["shift_eps"] == eps].set_index("aggregator")
+        assert set(panel.index) == {"nbs", "krum"} and panel["wrm"].all()
+        for agg, row in panel.iterrows():
+            errs = {att: e for (a, att), e in error.items() if a == agg}
+            assert row["mean_over_attacks"] == pytest.approx(np.mean(list(errs.values())))
+            assert row["worst_attack_error"] == pytest.approx(max(errs.values()))
+            assert errs[row["worst_attack"]] == pytest.approx(max(errs.values()))
+        for col, rank in (("mean_over_attacks", "rank_mean"), ("worst_attack_error",
+                                                             "rank_worst")):
+            expected = [1 + int((panel[col] < v).sum()) for v in panel[col]]
+            assert panel[rank].tolist() == expected
 
 
 @pytest.mark.parametrize("name", sorted(set(AGGREGATORS) - {"mean"}))

@@ -4,7 +4,8 @@
 Each case runs twice, through :func:`ray_robust.train` (or the study loader) and through
 ``ray-robust`` (``cli.main`` in-process: what escapes ``main`` would be a traceback).
 Cases outside the paper's guarantee are legitimate experiments: they only warn, and run.
-Neighbouring unit tests: tests/test_config.py (every field), tests/test_data.py (every way the
+This is the list of bad config values; neighbouring unit tests: tests/test_config.py (values of
+the wrong type, which the CLI's own parser refuses first), tests/test_data.py (every way the
 Spambase file can be wrong), tests/test_studies.py (every study-file error).
 """
 
@@ -53,14 +54,22 @@ CASES = {
     "beta>1": ({"beta": 1.2}, ValueError, r"'beta' parameter.*Got 1.2"),
     "lam=0": ({"lam": 0.0}, ValueError, r"'lam' parameter"),
     "lam<0": ({"lam": -1.0}, ValueError, r"'lam' parameter"),
+    "lam=nan": ({"lam": float("nan")}, ValueError, r"'lam' parameter.*finite.*Got nan"),
     "t_z<0": ({"t_z": -1}, ValueError, r"'t_z' parameter"),
     "eta=0": ({"eta": 0.0}, ValueError, r"'eta' parameter"),
     "eta<0": ({"eta": -0.5}, ValueError, r"'eta' parameter"),
+    "eta_z<0": ({"eta_z": -0.1}, ValueError, r"'eta_z' parameter.*Got -0.1"),
+    "rounds=0": ({"rounds": 0}, ValueError, r"'rounds' parameter.*integer >= 1. Got 0"),
+    "m=0": ({"n_workers": 0}, ValueError, r"'n_workers' parameter.*integer >= 1. Got 0"),
+    "beta-screens-all": ({"beta": 0.99}, ValueError,
+                         r"'beta' parameter.*leave NBS at least one of the 20 inputs"),
     "m>N": ({"n_workers": 5000}, ValueError, r"'n_workers'.*at most"),
     "all-byzantine": ({"alpha": 0.99}, ValueError, r"at least one honest worker.*alpha < 0.975"),
     "aggregator": ({"aggregator": "avg"}, ValueError, rf"'aggregator'.*{VALID_AGGREGATORS}"),
     "attack": ({"attack": "meteor"}, ValueError, r"'attack'.*\['aggressive', 'alie'"),
     "model": ({"model": "transformer"}, ValueError, r"'model'.*\['least_squares', 'logistic'"),
+    "shift_norm": ({"shift_norm": "l3"}, ValueError,
+                   r"'shift_norm'.*\['l1', 'l2', 'linf', 'none'\]. Got 'l3'"),
     "missing-file": ({"data_path": "/no/such/spambase.data"}, FileNotFoundError,
                      r"No Spambase file"),
     "truncated": ({"data_path": "@truncated.data"}, ValueError, r"truncated"),

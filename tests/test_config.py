@@ -10,31 +10,17 @@ from ray_robust import Config, GuaranteeWarning
 
 
 @pytest.mark.parametrize(
-    ("values", "field"),
+    ("values", "pattern"),
     [
-        ({"alpha": 1.0}, "alpha"),
-        ({"alpha": -0.1}, "alpha"),
-        ({"beta": 1.2}, "beta"),
-        ({"lam": 0.0}, "lam"),
-        ({"lam": -1}, "lam"),
-        ({"t_z": -1}, "t_z"),
-        ({"t_z": 2.5}, "t_z"),
-        ({"eta": 0}, "eta"),
-        ({"rounds": 0}, "rounds"),
-        ({"n_workers": 0}, "n_workers"),
-        ({"aggregator": "median-of-dreams"}, "aggregator"),
-        ({"attack": "meteor"}, "attack"),
-        ({"model": "transformer"}, "model"),
-        ({"shift_norm": "l3"}, "shift_norm"),
-        ({"eta_z": -0.1}, "eta_z"),
-        ({"lam": float("nan")}, "lam"),
-        ({"wrm": "yes"}, "wrm"),
-        ({"beta": 0.99}, "beta"),  # NBS would screen every input
-        ({"algorithm": "sgd"}, "algorithm"),
+        ({"t_z": 2.5}, r"The 't_z' parameter of the config must be an integer >= 0. Got 2.5"),
+        ({"wrm": "yes"}, r"The 'wrm' parameter of the config must be a bool. Got 'yes'"),
+        ({"algorithm": "sgd"}, r"The 'algorithm' parameter .* one of \['alg2', .*Got 'sgd'"),
     ],
 )
-def test_bad_values_name_the_field(values, field):
-    with pytest.raises(ValueError, match=f"'{field}'"):
+def test_wrong_types_name_the_field(values, pattern):
+    """Values the CLI's argparse types refuse before Config sees them; every bad value the CLI
+    passes on is in tests/test_bad_input.py (API and CLI, the same one-line error)."""
+    with pytest.raises(ValueError, match=pattern):
         Config.from_dict(values)
 
 

@@ -1,4 +1,6 @@
-"""The numerical core against first principles: finite differences, scipy, Theorem 1, Sec. VI-C."""
+"""The numerical core against first principles: finite differences, scipy, hand cases.
+
+Theorem 1 and the Sec. VI-C counterexample are tested in tests/test_theory.py."""
 
 from __future__ import annotations
 
@@ -6,13 +8,13 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
 from ray_robust.core import wrm
 from ray_robust.core.aggregators import AggregationError, mean, n_to_screen, nbs
-from ray_robust.core.attacks import aggressive, counterexample, intelligent
+from ray_robust.core.attacks import aggressive, intelligent
 from ray_robust.core.models import LogisticRegression
 from ray_robust.core.shift import error_rate, worst_case_margins, worst_case_shift
 
@@ -79,8 +81,7 @@ def test_wrm_converges_to_the_scipy_maximizer(seed, lam):
     rng = np.random.default_rng(seed)
     theta, X, y = _problem(rng, k=1, n=3, d=4)
     l_zz = MODEL.lipschitz_xx(theta)
-    if 2 * lam - l_zz <= 0.5:  # not strongly concave enough for a certificate: skip this draw
-        return
+    assume(2 * lam - l_zz > 0.5)  # strongly concave enough for a certificate
     eta = wrm.optimal_step(lam, l_zz)
     Z = wrm.wrm_ascent(MODEL, theta, X, y, lam, eta, 400)
     for i in range(X.shape[1]):
@@ -139,50 +140,6 @@ def test_nonfinite_rows_never_leak():
         mean(np.full((3, 2), np.nan))
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    m=st.integers(3, 30),
-    frac=st.floats(0.0, 0.49),
-    extra=st.integers(0, 3),
-    adversarial=st.booleans(),
-)
-def test_theorem1_bound(seed, m, frac, extra, adversarial):
-    """‖G − S‖ ≤ 2α/(1 − β)‖S‖ + max_{i∈M}‖g_i − S‖ for any S, whenever β ≥ α, α < 1/2."""
-    rng = np.random.default_rng(seed)
-    n_byz = int(frac * m)
-    n_scr = min(n_byz + extra, m - 1)
-    if 2 * n_byz >= m or n_scr < n_byz:
-        return
-    d = 4
-    honest = rng.normal(size=(m - n_byz, d)) * rng.uniform(0.1, 3)
-    if adversarial:  # byzantine vectors just below the honest norm cutoff, all pointing one way
-        r = np.sort(np.linalg.norm(honest, axis=1))[max(0, m - n_scr - n_byz - 1)]
-        u = -honest.mean(axis=0)
-        byz = np.tile(u / (np.linalg.norm(u) + 1e-12) * r, (n_byz, 1))
-    else:
-        byz = rng.normal(size=(n_byz, d)) * rng.uniform(0.01, 100)
-    g = np.vstack([honest, byz])
-    G = nbs(g, n_scr / m).vector
-    alpha, beta = n_byz / m, n_scr / m
-    for S in (honest.mean(axis=0), np.zeros(d), rng.normal(size=d), honest[0]):
-        spread = np.linalg.norm(honest - S, axis=1).max()
-        bound = 2 * alpha / (1 - beta) * np.linalg.norm(S) + spread
-        assert np.linalg.norm(G - S) <= bound + 1e-9
-
-
-def test_counterexample_of_sec_vi_c():
-    """4 byzantine + 6 honest, β = α = 0.4: NBS outputs (−4·g₁₀ + g₉ + g₁₀)/6."""
-    rng = np.random.default_rng(3)
-    honest = rng.normal(size=(6, 3)) * np.arange(6, 0, -1)[:, None]  # norm-descending g5..g10
-    order = np.argsort(-np.linalg.norm(honest, axis=1))
-    honest = honest[order]
-    byz = counterexample(honest, 4, rng, 1.0)
-    np.testing.assert_array_equal(byz, np.tile(-honest[-1], (4, 1)))
-    G = nbs(np.vstack([byz, honest]), beta=0.4).vector
-    np.testing.assert_allclose(G, (-4 * honest[-1] + honest[-2] + honest[-1]) / 6)
-
-
 def test_paper_attacks():
     rng = np.random.default_rng(4)
     honest = rng.normal(size=(17, 6))
@@ -227,9 +184,13 @@ def test_closed_form_shift_matches_brute_force(norm):
                                   "fun": lambda z, i=i: eps**2 - np.sum((z - X[i]) ** 2)}],
                     options={"ftol": 1e-14, "maxiter": 500},
                 )
-                cands.append(res.x)
+                # SLSQP may end just outside the ball (by its tolerance, ~1e-9), where the loss
+                # can exceed the true maximum: score its point pulled back onto the ball
+                step = res.x - X[i]
+                cands.append(X[i] + step * min(1.0, eps / np.linalg.norm(step)))
         best = MODEL.loss(theta, np.asarray(cands), np.full(len(cands), y[i])).max()
-        assert closed[i] >= best - 1e-9
+        # every candidate is feasible: the true maximum is at least each one (to rounding)
+        assert closed[i] >= best - 1e-12
         assert closed[i] <= best + 1e-7
 
 

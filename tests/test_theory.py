@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from ray_robust import Config, theory
 from ray_robust.cli import main
 from ray_robust.core import wrm
-from ray_robust.core.aggregators import n_to_screen, nbs
+from ray_robust.core.aggregators import nbs
+from ray_robust.core.attacks import counterexample
 from ray_robust.core.models import LogisticRegression
 
 
@@ -73,21 +74,38 @@ def test_theorem1_bound_by_hand():
     assert theory.theorem1_bound(S, honest, 0.2, 0.2) == pytest.approx(0.4 / 0.8 * 5 + 1)
 
 
-@settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), m=st.integers(4, 30), frac=st.floats(0.0, 0.49),
-       scale=st.floats(0.01, 100.0))
-def test_nbs_output_obeys_theorem1(seed, m, frac, scale):
-    """Theorem 1: any byzantine inputs, α < 1/2, β = α → ‖G − S‖ ≤ bound for every S."""
+@st.composite
+def _theorem1_counts(draw) -> tuple[int, int, int]:
+    """(m, byzantine count, screened count) inside Theorem 1: α < 1/2, β ≥ α, ≥ 1 input kept."""
+    m = draw(st.integers(3, 30))
+    n_byz = draw(st.integers(0, (m - 1) // 2))
+    n_scr = draw(st.integers(n_byz, min(n_byz + 3, m - 1)))
+    return m, n_byz, n_scr
+
+
+@settings(max_examples=200, deadline=None)
+@given(counts=_theorem1_counts(), seed=st.integers(0, 2**31 - 1),
+       scale=st.floats(0.01, 100.0), adversarial=st.booleans())
+def test_nbs_output_obeys_theorem1(counts, seed, scale, adversarial):
+    """Theorem 1: ‖G − S‖ ≤ 2α/(1 − β)‖S‖ + max_{i∈M}‖g_i − S‖ for every S, whatever the
+    byzantine inputs, whenever β ≥ α and α < 1/2."""
+    m, n_byz, n_scr = counts
     rng = np.random.default_rng(seed)
-    k = n_to_screen(frac, m)
-    if 2 * k >= m:
-        return
-    p = 3
-    honest = rng.normal(size=(m - k, p)) + rng.normal(size=p)
-    byz = scale * rng.normal(size=(k, p))
-    G = nbs(np.vstack([byz, honest]), k / m).vector
-    for S in (honest.mean(axis=0), rng.normal(size=p), np.zeros(p)):
-        bound = theory.theorem1_bound(S, honest, k / m, k / m)
+    d = 4
+    honest = (rng.normal(size=(m - n_byz, d)) + rng.normal(size=d)) * rng.uniform(0.1, 3)
+    if adversarial:  # byzantine vectors just below the honest norm cutoff, all pointing one way
+        r = np.sort(np.linalg.norm(honest, axis=1))[max(0, m - n_scr - n_byz - 1)]
+        u = -honest.mean(axis=0)
+        byz = np.tile(u / (np.linalg.norm(u) + 1e-12) * r, (n_byz, 1))
+    else:
+        byz = scale * rng.normal(size=(n_byz, d))
+    G = nbs(np.vstack([byz, honest]), n_scr / m).vector
+    alpha, beta = n_byz / m, n_scr / m
+    for S in (honest.mean(axis=0), np.zeros(d), rng.normal(size=d), honest[0]):
+        spread = np.linalg.norm(honest - S, axis=1).max()
+        bound = theory.theorem1_bound(S, honest, alpha, beta)
+        assert bound == pytest.approx(2 * alpha / (1 - beta) * np.linalg.norm(S) + spread,
+                                      rel=1e-12)
         assert np.linalg.norm(G - S) <= bound + 1e-9
 
 
@@ -104,6 +122,21 @@ def test_counterexample_output():
     np.testing.assert_allclose(ce.output, ce.formula, atol=1e-15)
     with pytest.raises(ValueError, match=r"'honest'.*\(6, p\)"):
         theory.counterexample(np.ones((5, 2)))
+
+
+def test_counterexample_attack_makes_nbs_output_the_papers_formula():
+    """The training attack of Sec. VI-C (4 byzantine + 6 honest, β = α = 0.4) sends −g₁₀, the
+    smallest honest input, whatever the workers' order; NBS outputs (−4·g₁₀ + g₉ + g₁₀)/6."""
+    rng = np.random.default_rng(3)
+    honest = rng.normal(size=(6, 3)) * np.arange(6, 0, -1)[:, None]
+    honest = honest[rng.permutation(6)]
+    by_norm = honest[np.argsort(-np.linalg.norm(honest, axis=1))]  # g₅ … g₁₀
+    g9, g10 = by_norm[4], by_norm[5]
+    byz = counterexample(honest, 4, rng, 1.0)
+    np.testing.assert_array_equal(byz, np.tile(-g10, (4, 1)))
+    G = nbs(np.vstack([byz, honest]), beta=0.4).vector
+    np.testing.assert_allclose(G, (-4 * g10 + g9 + g10) / 6)
+    np.testing.assert_allclose(theory.counterexample(honest).output, G)
 
 
 def test_ascent_plan_matches_sec_vi_d_and_the_iterates():
