@@ -243,7 +243,7 @@ from pathlib import Path
 from ray_robust import studies
 from ray_robust.cli import main
 
-def noop(config, experiment_dir=None):
+def noop(config, experiment_dir=None, trials=None):
     from ray import tune
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -262,7 +262,7 @@ def noop(config, experiment_dir=None):
             (Path(d) / studies.CHECKPOINT_FILE).write_text(json.dumps(state))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
-studies.trainable = noop
+studies.driver.trainable = noop  # the name the Tune driver runs
 sys.exit(main(["tune", *sys.argv[1:]]))
 """
 

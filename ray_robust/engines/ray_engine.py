@@ -52,7 +52,8 @@ calls ``ray.init`` with ``address`` (or ``$RAY_ADDRESS``) to join a cluster, els
 ``address="local"`` (a new local instance, never one found in ``/tmp/ray``), the dashboard off
 unless ``include_dashboard=True``, usage statistics off (``RAY_USAGE_STATS_ENABLED=0`` unless
 set), token authentication left at Ray's default; it shuts Ray down in :meth:`RayTrainer.close`
-only if it started it (:func:`ray_session` does the same for a block of several trainers). On
+only if it started it (:func:`ray_session` does the same for a block of several trainers or
+a Tune study: :func:`_ensure_ray` is the one place ray_robust starts Ray). On
 a cluster every node needs ``ray_robust`` importable (same Python and Ray version); the data is
 read on the driver only and reaches the nodes via the object store.
 
@@ -422,21 +423,43 @@ class _ServerActor:
 # ---- driver side -------------------------------------------------------------------------
 
 
-def _ensure_ray(address: str | None, include_dashboard: bool) -> bool:
-    """Initialize Ray unless it already is; True when this call started (or joined) it."""
+def _ensure_ray(address: str | None, include_dashboard: bool, *,
+                worker_env: Mapping[str, str] | None = None,
+                configure_logging: bool = True) -> bool:
+    """Initialize Ray unless it already is; True when this call started (or joined) it.
+
+    The one place ray_robust starts Ray (:class:`RayTrainer`, :func:`ray_session`, the Tune
+    studies). ``worker_env``: environment variables Ray's workers need: a new local instance
+    inherits them from this process (set here), a cluster gets them as the job's runtime_env.
+    ``configure_logging``: Ray's own ``configure_logging`` (the studies pass False).
+    """
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # "local": a new instance, never another user's cluster found in /tmp/ray
     target = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=target, include_dashboard=include_dashboard, log_to_driver=False)
+    env = dict(worker_env or {})
+    if target == "local":
+        # the instance started here inherits this environment; a job runtime_env would make
+        # Ray start new workers for Tune's trials instead of using the ones it prestarts at
+        # ray.init (2 trial actors ready in 3.5-8 s instead of 0.6-1 s, measured)
+        os.environ.update(env)
+        env = {}
+    ray.init(address=target, include_dashboard=include_dashboard, log_to_driver=False,
+             configure_logging=configure_logging,
+             runtime_env={"env_vars": env} if env else None)
     return True
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, include_dashboard: bool = False) -> Iterator[None]:
-    """Ray up for a block of several :class:`RayTrainer` (e.g. Table I's seeds): starts it as
-    :class:`RayTrainer` would, unless already up, and shuts it down at the end if it did."""
-    started = _ensure_ray(address, include_dashboard)
+def ray_session(address: str | None = None, include_dashboard: bool = False, *,
+                worker_env: Mapping[str, str] | None = None,
+                configure_logging: bool = True) -> Iterator[None]:
+    """Ray up for a block of several :class:`RayTrainer` (e.g. Table I's seeds) or a Tune study:
+    starts it as :class:`RayTrainer` would (see :func:`_ensure_ray`), unless already up, and
+    shuts it down at the end if it did."""
+    started = _ensure_ray(address, include_dashboard, worker_env=worker_env,
+                          configure_logging=configure_logging)
     try:
         yield
     finally:
