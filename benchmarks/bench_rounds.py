@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-import warnings
 
 import numpy as np
 
@@ -47,10 +46,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from ray_robust.engines.ray_engine import RayTrainer
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # β = α is the paper's setting
-        cfg = Config.from_dict({**PAPER_SETTING, **ENVIRONMENTS["E1"], "algorithm": "alg2",
-                                "rounds": args.rounds, "seed": 0})
+    cfg = Config.from_dict({**PAPER_SETTING, **ENVIRONMENTS["E1"], "algorithm": "alg2",
+                            "rounds": args.rounds, "seed": 0})
     problem = load_problem(cfg)
     ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False)
     n_cpus = int(ray.cluster_resources().get("CPU", 0))

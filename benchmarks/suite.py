@@ -42,9 +42,7 @@ MiB = 2.0**20
 
 
 def _config(**values) -> Config:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # β = α is the paper's setting
-        return Config.from_dict(values)
+    return Config.from_dict(values)
 
 
 def _synthetic_problem(n: int, d: int, m: int):
@@ -243,11 +241,9 @@ from pathlib import Path
 from ray_robust import studies
 from ray_robust.cli import main
 
-def noop(config, experiment_dir=None):
+def noop(config, experiment_dir=None, trials=None):
     from ray import tune
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cfg, opts = studies.split_trial_config(config)
+    cfg, opts = studies.split_trial_config(config)
     every = opts["report_every"]
     for r in [*range(every, cfg.rounds, every), cfg.rounds]:
         row = {"train_loss": 0.5, "test_error": 0.5, "test_error_shifted": 0.5, "round": r,
@@ -262,7 +258,7 @@ def noop(config, experiment_dir=None):
             (Path(d) / studies.CHECKPOINT_FILE).write_text(json.dumps(state))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
-studies.trainable = noop
+studies.driver.trainable = noop  # the name the Tune driver runs
 sys.exit(main(["tune", *sys.argv[1:]]))
 """
 

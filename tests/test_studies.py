@@ -395,7 +395,7 @@ def test_a_second_run_of_a_running_study_is_refused(tmp_path):
 
 def test_a_resume_sets_aside_only_the_trials_it_ran_again(tmp_path):
     """An interrupted --resume leaves the folders of trials it had not yet re-created."""
-    from ray_robust.studies import _set_aside
+    from ray_robust.studies.driver import _set_aside
 
     earlier = []
     for seed in (0, 1):
