@@ -236,9 +236,10 @@ def _p2_p5(problem, modes, alg2, repeats, skip, ray_too, work) -> list[Result]:
 #: (the same progress records, reports, final checkpoint, Tune settings, CSV and plot; no
 #: training): the floor of P3
 _P3_NOOP = """
-import json, sys, tempfile, warnings
-from pathlib import Path
+import sys, tempfile
+import numpy as np
 from ray_robust import studies
+from ray_robust.algorithm import RunState
 from ray_robust.cli import main
 
 def noop(config, experiment_dir=None, trials=None):
@@ -249,13 +250,13 @@ def noop(config, experiment_dir=None, trials=None):
         row = {"train_loss": 0.5, "test_error": 0.5, "test_error_shifted": 0.5, "round": r,
                "grad_norm": 0.0, "n_screened": 0, "n_rejected": 0, "error": 0.5,
                "resumed_from": 0}
-        state = {"theta": [0.0] * 58, "round": r, "rows": [row] * r}
-        studies.save_trial_progress(experiment_dir, config, state)
+        state = RunState(np.zeros(58), r, np.random.default_rng(0), rows=[row] * r)
+        studies.save_trial_progress(experiment_dir, config, state, cfg)
         if r < cfg.rounds:
             tune.report(row)
             continue
         with tempfile.TemporaryDirectory() as d:
-            (Path(d) / studies.CHECKPOINT_FILE).write_text(json.dumps(state))
+            studies.save_final_state(d, config, state, cfg)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
 studies.driver.trainable = noop  # the name the Tune driver runs

@@ -300,7 +300,7 @@ def test_a_trial_whose_process_is_killed_is_retried_from_its_saved_progress(data
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = train(split_trial_config(values)[0]).theta
-    np.testing.assert_array_equal(np.asarray(final["theta"]), reference)
+    np.testing.assert_array_equal(np.asarray(final["state"]["theta"]), reference)
 
 
 def test_in_process_aggregation_error_names_the_round(problem):

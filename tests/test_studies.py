@@ -30,6 +30,7 @@ from ray_robust.studies import (
     load_study,
     run_grid_local,
     run_study_full,
+    save_trial_progress,
     split_trial_config,
     tidy,
     trial_bundles,
@@ -50,7 +51,7 @@ def _write(tmp_path: Path, study: dict, name: str = "study.yaml") -> Path:
 def _theta_of(trial_dir: Path) -> np.ndarray:
     """θ in a trial's newest checkpoint."""
     ckpt = sorted(trial_dir.glob("checkpoint_*"))[-1]
-    return np.asarray(json.loads((ckpt / "run_state.json").read_text())["theta"])
+    return np.asarray(json.loads((ckpt / "run_state.json").read_text())["state"]["theta"])
 
 
 def _reference_theta(values: dict) -> np.ndarray:
@@ -247,7 +248,7 @@ def _saved_rounds(exp: Path) -> dict[int, int]:
     out = {}
     for f in exp.glob("progress/*.json"):
         record = json.loads(f.read_text())
-        out[record["values"]["seed"]] = record["state"]["round"]
+        out[record["owner"]["seed"]] = record["state"]["round"]
     return out
 
 
@@ -358,6 +359,10 @@ def test_resume_does_not_need_tunes_experiment_snapshot(ray_session, tmp_path):
 
 
 def test_a_bad_progress_record_restarts_the_trial_with_a_warning(tmp_path):
+    """A record that fails its checksum, belongs to another trial, or holds a bad field is
+    never resumed: a warning, and the trial starts from round 0."""
+    from ray_robust.algorithm import RunState
+
     values = {"algorithm": "alg2", "seed": 0, "rounds": 5}
     assert trial_progress(tmp_path, values) is None
     path = tmp_path / "progress" / f"{trial_key(values)}.json"
@@ -365,15 +370,20 @@ def test_a_bad_progress_record_restarts_the_trial_with_a_warning(tmp_path):
     path.write_text("{trunc")
     with pytest.warns(RuntimeWarning, match="not a usable progress record"):
         assert trial_progress(tmp_path, values) is None
-    path.write_text(json.dumps({"format": 1, "values": {**values, "seed": 1}, "state": {}}))
-    with pytest.warns(RuntimeWarning, match="belongs to another trial"):
+    other = {**values, "seed": 1}
+    state = RunState(np.zeros(58), 2, np.random.default_rng(0))
+    path.write_bytes(save_trial_progress(tmp_path, other, state).read_bytes())
+    with pytest.warns(RuntimeWarning, match="belongs to another run"):
         assert trial_progress(tmp_path, values) is None
     path.write_text("null")
     with pytest.warns(RuntimeWarning, match="not a usable progress record"):
         assert trial_progress(tmp_path, values) is None
-    path.write_text(json.dumps({"format": 1, "values": values, "state": {
-        "theta": [0.0], "round": 1, "rows": [], "attack_rng": {"bit_generator": "Nope"}}}))
-    with pytest.warns(RuntimeWarning, match="not a usable progress record"):
+    save_trial_progress(tmp_path, values, state)
+    assert trial_progress(tmp_path, values).round == 2
+    record = json.loads(path.read_text())
+    record["state"]["round"] = 5  # an edited round: the checksum no longer matches
+    path.write_text(json.dumps(record))
+    with pytest.warns(RuntimeWarning, match="checksum"):
         assert trial_progress(tmp_path, values) is None
 
 
@@ -388,7 +398,7 @@ def test_a_second_run_of_a_running_study_is_refused(tmp_path):
         held.write("12345")
         held.flush()
         for kwargs in ({}, {"resume": True}, {"overwrite": True}):
-            with pytest.raises(ValueError, match=r"Another run of study 'busy' .*12345"):
+            with pytest.raises(ValueError, match=r"Another process \(12345\) is using study"):
                 run_study_full(study, storage=tmp_path, log=None, **kwargs)
     assert not (tmp_path / "busy").exists()
 

@@ -19,8 +19,8 @@ from typing import Any
 import pandas as pd
 
 from ..algorithm import Server
-from ..checkpoint import write_json_atomic
 from ..engines.local import train_local
+from ..run_state import hold_lock, write_json_atomic
 from .results import StudyResult, finish_study, rounds_of
 from .spec import Study, _axis_values, load_study
 from .trial import ParsedTrialResources, cached_problem, trainable, trial_key, trial_metrics
@@ -82,26 +82,11 @@ def run_study_full(
                                address=address, verbose=verbose, log=log)
 
 
-@contextlib.contextmanager
-def _one_run_at_a_time(storage_path: Path, name: str) -> Iterator[None]:
-    """Hold ``<storage>/.<name>.lock`` (an advisory ``flock``, released when the process ends,
-    even by SIGKILL) so that two runs of one study never write the same folder."""
-    import fcntl
-
-    storage_path.mkdir(parents=True, exist_ok=True)
-    with open(storage_path / f".{name}.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            raise ValueError(
-                f"Another run of study '{name}' is using {storage_path / name} (process "
-                f"{fh.read().strip() or '?'}): wait for it to end or stop it, then --resume."
-            ) from None
-        fh.truncate(0)
-        fh.write(str(os.getpid()))
-        fh.flush()
-        yield
+def _one_run_at_a_time(storage_path: Path, name: str):
+    """Hold ``<storage>/.<name>.lock`` (:func:`~ray_robust.run_state.hold_lock`: released when
+    the process ends, even by SIGKILL) so that two runs of one study never write one folder."""
+    return hold_lock(storage_path / f".{name}.lock", f"study '{name}' ({storage_path / name})",
+                     "wait for that run to end or stop it, then --resume.")
 
 
 def check_storage(storage: Path) -> None:

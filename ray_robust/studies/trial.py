@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 
 from ..algorithm import RunState, Server, run
-from ..checkpoint import write_json_atomic
 from ..config import Config
 from ..core.shift import error_rate
 from ..data import Problem
 from ..engines import ENGINES
 from ..engines.local import train_local
 from ..reproduce import ENVIRONMENTS
+from ..run_state import RecordError, read_record, write_record
 
 #: Trial keys a param_space may hold besides Config's fields and ``algorithm``.
 TRIAL_KEYS: dict[str, str] = {
@@ -48,7 +48,8 @@ DEFAULT_REPORT_EVERY = 50
 CHECKPOINT_FILE = "run_state.json"
 #: The study's progress store: ``<experiment>/progress/<trial key>.json`` (see :func:`trainable`)
 PROGRESS_DIR = "progress"
-PROGRESS_FORMAT = 1
+#: the kind of run-state record a trial writes (progress records and its final checkpoint)
+RECORD_KIND = "trial"
 
 
 def split_trial_config(values: Mapping[str, Any]) -> tuple[Config, dict[str, Any]]:
@@ -205,30 +206,37 @@ def progress_path(exp: str | os.PathLike, values: Mapping[str, Any]) -> Path:
     return Path(exp) / PROGRESS_DIR / f"{trial_key(values)}.json"
 
 
-def save_trial_progress(exp: str | os.PathLike, values: Mapping[str, Any],
-                        snapshot: Mapping[str, Any]) -> Path:
-    """Save a trial's run state (``RunState.to_dict()``) atomically: what
-    :func:`trial_progress` reads back."""
-    return write_json_atomic(progress_path(exp, values), {
-        "format": PROGRESS_FORMAT, "values": json.loads(_canonical(values)),
-        "state": dict(snapshot)})
+def save_trial_progress(exp: str | os.PathLike, values: Mapping[str, Any], state: RunState,
+                        config: Config | None = None) -> Path:
+    """Save a trial's run state as a run-state record (:mod:`ray_robust.run_state`: atomic,
+    checksummed, owned by the trial's values): what :func:`trial_progress` reads back."""
+    return write_record(progress_path(exp, values), kind=RECORD_KIND,
+                        owner=json.loads(_canonical(values)), config=config, state=state)
 
 
-def trial_progress(exp: str | os.PathLike, values: Mapping[str, Any]) -> RunState | None:
+def save_final_state(folder: str | os.PathLike, values: Mapping[str, Any], state: RunState,
+                     config: Config | None = None) -> Path:
+    """The trial's final state as ``folder/run_state.json`` (the Tune checkpoint's content):
+    the same kind of record as its progress."""
+    return write_record(Path(folder) / CHECKPOINT_FILE, kind=RECORD_KIND,
+                        owner=json.loads(_canonical(values)), config=config, state=state)
+
+
+def trial_progress(exp: str | os.PathLike, values: Mapping[str, Any],
+                   config: Config | None = None) -> RunState | None:
     """The run state a trial of the study in ``exp`` last saved (θ, round, RNG states, every
-    round's row), or None when it has saved none."""
+    round's row), or None when it has saved none. A record that fails its checks (corrupt,
+    edited, another trial's) is not trusted: a warning, and the trial starts from round 0."""
     path = progress_path(exp, values)
     if not path.is_file():
         return None
     try:
-        payload = json.loads(path.read_text())
-        if (not isinstance(payload, dict) or payload.get("format") != PROGRESS_FORMAT
-                or payload.get("values") != json.loads(_canonical(values))):
-            raise ValueError("it belongs to another trial or format")
-        return RunState.from_dict(payload["state"])
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        warnings.warn(f"{path} is not a usable progress record ({exc}); the trial starts from "
-                      "round 0 (its result is the same, only the earlier work is redone).",
+        _, state = read_record(path, kind=RECORD_KIND, owner=json.loads(_canonical(values)),
+                               config=config)
+        return state
+    except RecordError as exc:
+        warnings.warn(f"{path} is not a usable progress record ({exc.why}); the trial starts "
+                      "from round 0 (its result is the same, only the earlier work is redone).",
                       RuntimeWarning, stacklevel=2)
         return None
 
@@ -259,18 +267,17 @@ def trainable(config: dict[str, Any], experiment_dir: str | None = None,
     cfg, opts = trial.config, trial.opts
     problem = cached_problem(cfg)
     server = Server(cfg, problem)
-    state = trial_progress(experiment_dir, config) or server.initial_state()
+    state = trial_progress(experiment_dir, config, cfg) or server.initial_state()
     resumed_from = state.round
 
     def report(row: dict) -> None:
         metrics = trial_metrics(server, state, row, opts, resumed_from)
-        snapshot = state.to_dict()
-        save_trial_progress(experiment_dir, config, snapshot)
+        save_trial_progress(experiment_dir, config, state, cfg)
         if state.round < cfg.rounds:
             tune.report(metrics)
             return
-        with tempfile.TemporaryDirectory() as d:
-            (Path(d) / CHECKPOINT_FILE).write_text(json.dumps(snapshot))
+        with tempfile.TemporaryDirectory() as d:  # the final state, as the same kind of record
+            save_final_state(d, config, state, cfg)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     if state.round >= cfg.rounds:  # finished in an earlier run: report the end once more
