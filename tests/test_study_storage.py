@@ -161,3 +161,31 @@ def test_a_study_run_parses_each_trial_config_once_at_load(ray_session, tmp_path
         res = run_study_full(study, storage=tmp_path, log=None)
     assert res.num_errors == 0 and len(res.summary) == 2
     assert parses == []
+
+
+def test_a_grid_point_that_cannot_run_on_its_data_is_refused_before_ray(tmp_path, data_dir):
+    """More workers than training samples (here: a 20-row CSV): one clear error naming the
+    point, before Ray starts and before any trial is retried by max_failures."""
+    import ray
+
+    from ray_robust.studies import run_study_full
+
+    csv = tmp_path / "small.csv"
+    rows = ["a,b,y", *(f"{i},{i % 3},{i % 2}" for i in range(20))]
+    csv.write_text("\n".join(rows) + "\n")
+    study = {"name": "too_many_workers", "max_failures": -1, "param_space": {
+        "data_path": str(csv), "label_column": "y", "rounds": 2,
+        "n_workers": {"grid_search": [4, 40]}, "seed": 0}}
+    was_up = ray.is_initialized()
+    with pytest.raises(ValueError, match=r"trial \{'n_workers': 40\} cannot run.*'n_workers'"):
+        run_study_full(study, storage=tmp_path / "out", log=None)
+    assert ray.is_initialized() == was_up
+    assert not (tmp_path / "out" / "too_many_workers").exists()
+
+
+def test_a_non_integer_report_every_is_an_error(tmp_path, data_dir):
+    from ray_robust.studies import load_study
+
+    with pytest.raises(ValueError, match="'report_every' parameter of the study must be an "
+                                         "integer >= 1. Got 2.5"):
+        load_study({"name": "x", "param_space": {"rounds": 4, "report_every": 2.5}})

@@ -8,6 +8,7 @@ only when a study runs with Tune.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -77,6 +78,7 @@ def run_study_full(
     storage_path = Path(storage).resolve() if storage else _default_storage()
     study = source if isinstance(source, Study) else load_study(source, quick=quick)
     check_storage(storage_path)
+    check_against_data(study)
     with _one_run_at_a_time(storage_path, study.experiment_name):
         return _run_study_full(study, storage_path, resume=resume, overwrite=overwrite,
                                address=address, verbose=verbose, log=log)
@@ -87,6 +89,28 @@ def _one_run_at_a_time(storage_path: Path, name: str):
     the process ends, even by SIGKILL) so that two runs of one study never write one folder."""
     return hold_lock(storage_path / f".{name}.lock", f"study '{name}' ({storage_path / name})",
                      "wait for that run to end or stop it, then --resume.")
+
+
+def check_against_data(study: Study) -> None:
+    """Every trial set up against the data it will run on, before Ray starts: its problem is
+    built (split, scaling, shards: e.g. more workers than training samples) and its server
+    (model, labels, the rule's precondition). A point that cannot run is one clear error
+    naming it, not a trial that fails (and, with ``max_failures``, is retried) inside Tune."""
+    from ..algorithm import Server
+    from .trial import cached_problem
+
+    for trial in study.trials:
+        try:
+            Server(trial.config, cached_problem(trial.config))
+        except (ValueError, FileNotFoundError) as exc:
+            point = {k: trial.values[k] for k in study.axes if k in trial.values}
+            raise type(exc)(f"The study's trial {point or trial.values} cannot run: {exc}") \
+                from None
+
+
+#: free space (bytes) below which a study does not start: its records and Tune's files
+#: would fill the disk mid-run
+MIN_FREE_BYTES = 64 * 2**20
 
 
 def check_storage(storage: Path) -> None:
@@ -105,6 +129,11 @@ def check_storage(storage: Path) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == storage else f" (nor can {existing}, where it would be made)"
         raise ValueError(f"The storage {storage} is not writable{where}: {fix}.")
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise ValueError(f"The disk holding the storage {storage} has {free / 2**20:.0f} MiB "
+                         f"free (a study needs at least {MIN_FREE_BYTES // 2**20} MiB): free "
+                         f"some space or {fix}.")
 
 
 def _not_this_study(exp: Path, study: Study) -> str | None:
@@ -216,7 +245,14 @@ def _fit(study: Study, exp: Path, storage_path: Path, *, resume: bool, earlier: 
     )
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     with _env(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"), _without_tune_restore_hint():
-        grid = tuner.fit()  # (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS: the loggers are _loggers())
+        try:
+            grid = tuner.fit()  # (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS: loggers are _loggers())
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise ValueError(f"The disk holding {exp} filled up during the study: free some "
+                             "space, then continue with --resume (the saved progress is "
+                             "kept).") from None
     seconds = time.perf_counter() - t0
     if resume:
         _set_aside(exp, earlier, replaced={trial_key(r.config or {}) for r in grid})

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import check_int
 from ..algorithm import RunState, Server, run
 from ..config import Config
 from ..core.shift import error_rate
@@ -64,10 +65,8 @@ def split_trial_config(values: Mapping[str, Any]) -> tuple[Config, dict[str, Any
         values = {**ENVIRONMENTS[env], **values}
     if opts.get("beta_offset") is not None:
         values["beta"] = float(values.get("alpha", Config.alpha)) + float(opts["beta_offset"])
-    report_every = int(opts.get("report_every", DEFAULT_REPORT_EVERY))
-    if report_every < 1:
-        raise ValueError(f"The 'report_every' parameter of the study must be an integer >= 1. "
-                         f"Got {report_every!r} instead.")
+    report_every = check_int(opts.get("report_every", DEFAULT_REPORT_EVERY), "report_every",
+                             "the study", low=1)  # 2.5 was read as 2
     values.setdefault("eval_every", report_every)
     opts["report_every"] = report_every
     engine = opts.setdefault("engine", "local")
