@@ -140,3 +140,13 @@ def test_the_readme_test_command_is_what_ci_runs():
     section = readme.split("## Two commands", 1)[1].split("\n## ", 1)[0]
     assert f'pip install -e "{install}"' in section
     assert "python -m pytest" in section and "python -m pytest" in ci
+
+
+def test_the_readme_run_config_example_is_a_valid_config():
+    import yaml
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("# my_run.yaml\n", 1)[1].split("```", 1)[0]
+    cfg = Config.from_dict(yaml.safe_load(block))
+    assert (cfg.algorithm, cfg.attack, cfg.shift_norm, cfg.rounds) == ("alg2", "aggressive",
+                                                                       "l2", 300)

@@ -186,6 +186,6 @@ def test_a_grid_point_that_cannot_run_on_its_data_is_refused_before_ray(tmp_path
 def test_a_non_integer_report_every_is_an_error(tmp_path, data_dir):
     from ray_robust.studies import load_study
 
-    with pytest.raises(ValueError, match="'report_every' parameter of the study must be an "
-                                         "integer >= 1. Got 2.5"):
+    with pytest.raises(ValueError, match=r"'report_every' parameter of the study must be an "
+                                         r"integer >= 1\. Got 2\.5"):
         load_study({"name": "x", "param_space": {"rounds": 4, "report_every": 2.5}})
