@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -257,9 +258,30 @@ def _run_failures() -> tuple[type[Exception], ...]:
     return (AggregationError, *((ray_engine.ServerDiedError,) if ray_engine else ()))
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A GuaranteeWarning as one line for the terminal (the library's source line means nothing
+    to a CLI user); other warnings as Python formats them."""
+    from .config import GuaranteeWarning
+
+    if issubclass(category, GuaranteeWarning):
+        return f"ray-robust: warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning = _format_warning
+    try:
+        return _main(args)
+    finally:
+        warnings.formatwarning = _PYTHON_FORMAT
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:  # incl. DivergenceError (eta too large)
