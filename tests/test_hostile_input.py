@@ -110,3 +110,22 @@ def test_a_complex_column_in_load_table_is_an_error():
     df = pd.DataFrame({"a": [1 + 2j, 3 + 0j, 1j, 2], "b": [1.0, 2, 3, 4], "y": [0, 1, 0, 1]})
     with pytest.raises(ValueError, match=r"Column\(s\) \['a'\] are complex"):
         load_table(df, label="y")
+
+
+def test_a_study_grid_too_large_to_enumerate_says_so_in_seconds():
+    from ray_robust.studies import load_study
+
+    axis = {"grid_search": list(range(100))}
+    study = {"name": "huge", "param_space": {"seed": axis, "t_z": axis, "rounds": axis,
+                                             "n_workers": {"grid_search": list(range(1, 11))}}}
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"10,000,000 trials \(seed 100 × t_z 100"):
+        load_study(study)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_an_infinite_round_timeout_is_an_error():
+    from ray_robust.engines.ray_engine import RayTrainer
+
+    with pytest.raises(ValueError, match=r"'round_timeout'.*finite"):
+        RayTrainer(None, round_timeout=float("inf"))

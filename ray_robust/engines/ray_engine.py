@@ -178,10 +178,10 @@ class RayTrainer:
         byzantine_payload: Mapping[int, Any] | None = None,
         startup_timeout: float = 300.0,
     ):
-        if not (isinstance(round_timeout, int | float) and round_timeout > 0):
-            raise ValueError(
-                f"The 'round_timeout' parameter of the Ray engine must be a number of seconds "
-                f"> 0. Got {round_timeout!r} instead."
+        if not (isinstance(round_timeout, int | float) and 0 < round_timeout < 1e7):
+            raise ValueError(  # inf would wait forever for a dead straggler
+                f"The 'round_timeout' parameter of the Ray engine must be a finite number of "
+                f"seconds in (0, 1e7). Got {round_timeout!r} instead."
             )
         if not (isinstance(max_restarts, int) and max_restarts >= -1):
             raise ValueError(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -189,6 +190,10 @@ def _check_space(space: dict, where: str, label: str) -> None:
                                           "(a seed axis gives repeats).")
 
 
+#: the most trials one study may have (its grid is expanded and every point parsed at load)
+MAX_TRIALS = 100_000
+
+
 def _check_study(study: Study, where: str) -> None:
     eps = study.param_space.get("eval_shift_eps")
     if eps is not None and (not isinstance(eps, list) or not eps or not all(
@@ -199,6 +204,13 @@ def _check_study(study: Study, where: str) -> None:
     if study.metric not in metrics:
         raise _study_error(where, f"'metric' must be one of {sorted(metrics)}. "
                                   f"Got {study.metric!r}.")
+    sizes = {k: len(_axis_values(v)) for k, v in study.param_space.items()}
+    n_trials = math.prod(sizes.values())
+    if n_trials > MAX_TRIALS:
+        axes = " × ".join(f"{k} {n}" for k, n in sizes.items() if n > 1)
+        raise _study_error(where, f"the grid has {n_trials:,} trials ({axes}), more than "
+                                  f"{MAX_TRIALS:,}: split it into several studies or fix some "
+                                  "axes.")
     try:
         study.trials  # noqa: B018 (parses every grid point once; kept for the run)
     except ValueError as exc:
