@@ -11,6 +11,7 @@ numpy in one call, the Ray engine gathers them from worker actors.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -126,6 +127,23 @@ def build_rule_for(config: Config, shard_sizes: np.ndarray | None = None) -> Rul
     return build_rule(config.aggregator, n_inputs=config.n_workers, **kwargs)
 
 
+def check_fits_in_memory(config: Config, p: int) -> None:
+    """A clear error, before any allocation, when one round's m messages of p float64 (the
+    server's stack, its copy, and the rule's work arrays: about 4 such stacks) cannot fit in
+    this machine's memory (e.g. an MLP with hidden = 10⁹)."""
+    need = 4 * 8 * p * (config.n_workers + 1)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this platform: do not guess
+        return
+    if need > total:
+        raise ValueError(
+            f"The model '{config.model}' has {p:,} parameters: one round's {config.n_workers} "
+            f"messages need about {need / 2**30:,.1f} GiB, more than this machine's "
+            f"{total / 2**30:,.1f} GiB. Use a smaller model (e.g. hidden) or fewer workers."
+        )
+
+
 class Server:
     """Algorithm 2's server for one config: attack, validate, aggregate, step, evaluate."""
 
@@ -140,6 +158,7 @@ class Server:
                 f"n_workers = {m}; prepare the problem with the same n_workers."
             )
         self.p = self.model.n_params(d)
+        check_fits_in_memory(config, self.p)
         if config.model == "softmax":
             labels = np.concatenate([problem.y_train, problem.y_test])
             if labels.min() < 0 or labels.max() >= config.n_classes or np.any(labels % 1):

@@ -93,6 +93,7 @@ def test_features_too_large_to_standardize_are_an_error():
     ["train", "--lam", "1e308"],
     ["train", "--algorithm", "erm", "--aggregator", "krum"],
     ["train", "--shift-eps", "0.3"],
+    ["train", "--model", "mlp", "--hidden", "1000000000"],  # a model too big for memory
 ])
 def test_cli_extreme_values_are_one_line_and_status_2(argv, capsys, data_dir):
     t0 = time.perf_counter()
