@@ -1,5 +1,10 @@
 """The WRM perturbation (Sinha et al. 2018), as an honest worker runs it in Algorithm 2, line 5.
 
+Sinha et al.'s Alg. 1 with penalty γ = λ: find an approximate maximizer z of the inner problem
+φ_λ(θ; x) = sup_z f(θ; z) − λ·c(z, x), then take ∇_θ f(θ; z), which is ∇_θ φ_λ at the exact
+maximizer z* (their Lemma 1, Danskin); Zhou et al.'s Algorithm 2 runs that on each honest worker
+(line 5: z, line 6: the local gradient) and Sec. VI-D counts the ascent steps an ε needs.
+
 Convention (stated because the paper's OCR lost the coefficient): the cost is
 c(z, x) = ‖z − x‖², and a worker maximizes
 
@@ -47,12 +52,13 @@ MARGIN_FORM_MIN_GRAM = 1e-100
 
 
 def ascent_gradient(model, theta, Z, X, y, lam: float) -> np.ndarray:
-    """∇g(z) = ∇_z f(θ; z) − 2λ(z − x), per sample."""
+    """∇g(z) = ∇_z f(θ; z) − 2λ(z − x) per sample: the gradient of the inner objective of φ_λ."""
     return model.grad_x(theta, Z, y) - 2.0 * lam * (Z - X)
 
 
 def wrm_ascent(model, theta, X, y, lam: float, eta_z: float, t_z: int) -> np.ndarray:
-    """Reference WRM: T_z explicit ascent steps on every sample; returns z, shape ``X.shape``."""
+    """Reference WRM (Algorithm 2, line 5): T_z explicit steps z ← z + η_z∇g(z) from z = x on
+    every sample; returns z, shape ``X.shape``."""
     Z = np.array(X, dtype=np.float64, copy=True)
     for _ in range(t_z):
         Z += eta_z * ascent_gradient(model, theta, Z, X, y, lam)
@@ -414,8 +420,9 @@ def _line_kernel(model, theta, lam: float, eta_z: float):
 
 
 def _line_fixed(model, theta, s_x, y, lam: float, eta_z: float, t_z: int):
-    """``(c_T, ∂f/∂s at z_T)``, both shaped like ``s_x``: T_z kernel steps per chunk of samples
-    (``LINE_CHUNK`` scalars), the chunks spread over threads."""
+    """``(c_T, ∂f/∂s at z_T)``, both shaped like ``s_x``: Algorithm 2, line 5 on the line, as
+    T_z kernel steps per chunk of samples (``LINE_CHUNK`` scalars), the chunks spread over
+    threads."""
     kern = _line_kernel(model, theta, lam, eta_z)
     tail = s_x.shape[s_x.ndim - kern.lead:]
     s = np.ascontiguousarray(s_x, dtype=np.float64).reshape(-1, *tail)
@@ -444,8 +451,8 @@ def _line_fixed(model, theta, s_x, y, lam: float, eta_z: float, t_z: int):
 
 
 def wrm_line_coefficients(model, theta, s_x, y, lam: float, eta_z: float, t_z: int) -> np.ndarray:
-    """Fast WRM for linear models: c_T such that z_T = x + c_T·w (x + Wc_T for softmax), from
-    the scores s_x = ``model.scores(θ, x)``; shape ``s_x.shape``.
+    """Fast WRM for linear models (Algorithm 2, line 5): c_T such that z_T = x + c_T·w
+    (x + Wc_T for softmax), from the scores s_x = ``model.scores(θ, x)``; shape ``s_x.shape``.
 
     The iterates of :func:`wrm_ascent` (up to rounding): c ← c + η_z·r, r the residual above.
     """
@@ -469,8 +476,9 @@ def local_gradients(
 
     ``X`` is ``(k, n, d)``, ``y`` and ``weights`` ``(k, n)``; returns ``(k, p)``: for each shard
     the weighted mean of ∇_θ f(θ; z) at the ε-optimal perturbed samples z (or at z = x when
-    ``wrm`` is off: ERM and NBS). Both engines call this very function. ``fast`` (default)
-    takes the exact fast path for a ``linear`` model; ``fast=False`` the explicit ascent.
+    ``wrm`` is off: ERM and NBS), Sinha et al.'s Alg. 1 gradient ∇_θ f(θ; z) ≈ ∇_θ φ_λ(θ; x).
+    Both engines call this very function. ``fast`` (default) takes the exact fast path for a
+    ``linear`` model; ``fast=False`` the explicit ascent.
     """
     if not wrm or t_z == 0:
         return model.mean_grad_theta(theta, X, y, weights)
@@ -486,13 +494,15 @@ def local_gradients(
 
 
 def certificate_scale(lam: float, l_zz: float) -> float:
-    """1/λ_g, the factor turning ‖∇g(z)‖ into the bound on ‖z − z*‖; ``inf`` when λ_g ≤ 0."""
+    """1/λ_g, the factor turning ‖∇g(z)‖ into the bound ‖z − z*‖ ≤ ‖∇g(z)‖/λ_g of λ_g-strong
+    concavity (Sec. VI-D); ``inf`` when λ_g ≤ 0."""
     lam_g, _ = concavity_constants(lam, l_zz)
     return 1.0 / lam_g if lam_g > 0 else math.inf
 
 
 def _certified_loop(state, residual, advance, mask, scale, epsilon, t_z_max):
-    """The adaptive ascent of the explicit (reference) path, deciding per shard (axis 0).
+    """The adaptive ascent of the explicit (reference) path, deciding per shard (axis 0): line 5
+    run until the Sec. VI-D bound certifies ε.
 
     ``residual(idx, state_rows) -> (r, norms)`` gives the step direction and ‖∇g‖ per sample
     for shards ``idx``; ``advance(state_rows, r) -> new rows`` is the fixed-step update. Shard i
@@ -577,7 +587,8 @@ def _line_certified(model, theta, s_x, y, mask, lam, eta_z, epsilon, t_z_max):
 def wrm_line_certified(
     model, theta, s_x, y, mask, lam: float, eta_z: float, epsilon: float, t_z_max: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fast certified WRM for linear models: ``(c, steps, certificate)``.
+    """Fast certified WRM for linear models (line 5 to a certified ε, Sec. VI-D): ``(c, steps,
+    certificate)``.
 
     The iterates are those of :func:`wrm_line_coefficients`, bit for bit (same kernel, same
     operations); shard i (axis 0) stops after ``steps[i]`` of them, at the first step whose
@@ -593,8 +604,9 @@ def wrm_line_certified(
 def wrm_ascent_certified(
     model, theta, X, y, mask, lam: float, eta_z: float, epsilon: float, t_z_max: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference certified WRM on explicit z (any model with ``lipschitz_xx``): ``(z, steps,
-    certificate)`` with certificate ‖∇g(z)‖/λ_g; the iterates are :func:`wrm_ascent`'s."""
+    """Reference certified WRM on explicit z (any model with ``lipschitz_xx``; Sec. VI-D):
+    ``(z, steps, certificate)`` with certificate ‖∇g(z)‖/λ_g; the iterates are
+    :func:`wrm_ascent`'s."""
     Z = np.array(X, dtype=np.float64, copy=True)
     scale = certificate_scale(lam, model.lipschitz_xx(theta))
 
@@ -621,7 +633,8 @@ def local_gradients_certified(
     t_z_max: int,
     fast: bool = True,
 ) -> tuple[np.ndarray, dict]:
-    """:func:`local_gradients` with the ascent run to a certified precision ε per sample.
+    """:func:`local_gradients` with the ascent run to a certified precision ε per sample
+    (Algorithm 2, lines 5–6 with Sec. VI-D's ε-optimal z).
 
     Each shard (logical worker) ascends until every one of its samples has ‖z − z*‖ ≤
     ‖∇g(z)‖/λ_g ≤ ε, or ``t_z_max`` steps. Returns the ``(k, p)`` gradients and the round's
@@ -674,15 +687,17 @@ def concavity_constants(lam: float, l_zz: float) -> tuple[float, float]:
 
 
 def optimal_step(lam: float, l_zz: float) -> float:
-    """η_z = 2/(L_g + λ_g), the step that minimizes the contraction factor."""
+    """η_z = 2/(L_g + λ_g) = 1/(2λ), the step that minimizes the contraction ρ (Sec. VI-D)."""
     lam_g, l_g = concavity_constants(lam, l_zz)
     return 2.0 / (l_g + lam_g)
 
 
 def contraction(lam: float, l_zz: float, eta_z: float | None = None) -> float:
-    """ρ: per-step contraction of ‖z_t − z*‖ for step ``eta_z`` (default: the optimal step).
+    """ρ: per-step contraction of ‖z_t − z*‖ for step ``eta_z`` (default: the optimal step),
+    Sec. VI-D.
 
-    ρ(η) = max(|1 − ηλ_g|, |1 − ηL_g|); ρ ≥ 1 means no guarantee (λ_g ≤ 0 or a step too large).
+    ρ(η_z) = max(|1 − η_zλ_g|, |1 − η_zL_g|); ρ ≥ 1 means no guarantee (λ_g ≤ 0 or a step
+    too large).
     """
     lam_g, l_g = concavity_constants(lam, l_zz)
     if eta_z is None:
@@ -704,5 +719,6 @@ def steps_for_epsilon(d_z: float, epsilon: float, rho: float) -> int:
 
 
 def ascent_residual(model, theta, Z, X, y, lam: float) -> np.ndarray:
-    """‖∇g(z)‖ per sample: 0 exactly at the maximizer; ‖z − z*‖ ≤ ‖∇g(z)‖/λ_g when λ_g > 0."""
+    """‖∇g(z)‖ per sample: 0 exactly at the maximizer; ‖z − z*‖ ≤ ‖∇g(z)‖/λ_g when λ_g > 0
+    (Sec. VI-D)."""
     return np.linalg.norm(ascent_gradient(model, theta, Z, X, y, lam), axis=-1)
