@@ -82,8 +82,8 @@ def test_wrm_converges_to_the_scipy_maximizer(seed, lam):
     theta, X, y = _problem(rng, k=1, n=3, d=4)
     l_zz = MODEL.lipschitz_xx(theta)
     assume(2 * lam - l_zz > 0.5)  # strongly concave enough for a certificate
-    eta = wrm.optimal_step(lam, l_zz)
-    Z = wrm.wrm_ascent(MODEL, theta, X, y, lam, eta, 400)
+    eta_z = wrm.optimal_step(lam, l_zz)
+    Z = wrm.wrm_ascent(MODEL, theta, X, y, lam, eta_z, 400)
     for i in range(X.shape[1]):
         x, yi = X[0, i], y[0, i]
 

@@ -24,7 +24,7 @@ LINEAR = {
     "least_squares": LeastSquares(),
     "softmax": SoftmaxRegression(n_classes=3),
 }
-LAM, ETA = 3.0, 0.05
+LAM, ETA_Z = 3.0, 0.05
 
 
 def _case(name, rng, k=4, n=9, d=5, scale=0.4):
@@ -48,13 +48,13 @@ def test_every_iterate_is_the_explicit_ascent_iterate(name):
     assert model.linear is True
     s_x = model.scores(theta, X)
     for t in range(8):
-        c = wrm.wrm_line_coefficients(model, theta, s_x, y, LAM, ETA, t)
-        Z = wrm.wrm_ascent(model, theta, X, y, LAM, ETA, t)
+        c = wrm.wrm_line_coefficients(model, theta, s_x, y, LAM, ETA_Z, t)
+        Z = wrm.wrm_ascent(model, theta, X, y, LAM, ETA_Z, t)
         np.testing.assert_allclose(_z(model, theta, X, c), Z, rtol=0, atol=1e-13)
         if t:
             assert np.abs(Z - X).max() > 1e-3  # the ascent moved: the comparison means something
-    fast = wrm.local_gradients(model, theta, X, y, weights, wrm=True, lam=LAM, eta_z=ETA, t_z=7)
-    ref = wrm.local_gradients(model, theta, X, y, weights, wrm=True, lam=LAM, eta_z=ETA, t_z=7,
+    fast = wrm.local_gradients(model, theta, X, y, weights, wrm=True, lam=LAM, eta_z=ETA_Z, t_z=7)
+    ref = wrm.local_gradients(model, theta, X, y, weights, wrm=True, lam=LAM, eta_z=ETA_Z, t_z=7,
                               fast=False)
     np.testing.assert_allclose(fast, ref, rtol=1e-12, atol=1e-14)
 
@@ -66,7 +66,7 @@ def test_fast_certificate_is_the_explicit_residual_bound(name):
     mask = weights > 0
     for t_max in (0, 1, 6):
         c, steps, cert = wrm.wrm_line_certified(model, theta, model.scores(theta, X), y, mask,
-                                                LAM, ETA, 0.0, t_max)
+                                                LAM, ETA_Z, 0.0, t_max)
         assert (steps == t_max).all()
         ref = _certificate(model, theta, _z(model, theta, X, c), X, y)
         np.testing.assert_allclose(cert, ref, rtol=1e-9, atol=1e-14)
@@ -85,15 +85,15 @@ def test_certified_path_takes_the_fixed_path_steps_bit_for_bit(name):
         y[easy] = model.predict(theta, X[easy])
     weights[::4, -5:] = 0.0  # padding never holds a shard back
     s_x = model.scores(theta, X)
-    c, steps, cert = wrm.wrm_line_certified(model, theta, s_x, y, weights > 0, LAM, ETA, 1e-4,
+    c, steps, cert = wrm.wrm_line_certified(model, theta, s_x, y, weights > 0, LAM, ETA_Z, 1e-4,
                                             60)
     assert len(np.unique(steps)) > 1 and steps.max() < 60
     for t in np.unique(steps):
-        fixed = wrm.wrm_line_coefficients(model, theta, s_x, y, LAM, ETA, int(t))
+        fixed = wrm.wrm_line_coefficients(model, theta, s_x, y, LAM, ETA_Z, int(t))
         assert np.array_equal(fixed[steps == t], c[steps == t])
     assert np.where(weights > 0, cert, 0.0).max(axis=-1).max() <= 1e-4
     # the generic certified ascent stops at the same steps with the same z
-    Z, ref_steps, _ = wrm.wrm_ascent_certified(model, theta, X, y, weights > 0, LAM, ETA, 1e-4,
+    Z, ref_steps, _ = wrm.wrm_ascent_certified(model, theta, X, y, weights > 0, LAM, ETA_Z, 1e-4,
                                                60)
     np.testing.assert_array_equal(steps, ref_steps)
     np.testing.assert_allclose(_z(model, theta, X, c), Z, rtol=0, atol=1e-12)
@@ -106,8 +106,8 @@ def test_no_dependence_on_chunks_threads_or_grouping(name, monkeypatch):
     s_x = model.scores(theta, X)
 
     def both():
-        return (wrm.wrm_line_coefficients(model, theta, s_x, y, LAM, ETA, 10),
-                *wrm.wrm_line_certified(model, theta, s_x, y, mask, LAM, ETA, 1e-3, 40))
+        return (wrm.wrm_line_coefficients(model, theta, s_x, y, LAM, ETA_Z, 10),
+                *wrm.wrm_line_certified(model, theta, s_x, y, mask, LAM, ETA_Z, 1e-3, 40))
 
     monkeypatch.setenv("RAY_ROBUST_WRM_THREADS", "1")
     ref = both()
@@ -117,7 +117,7 @@ def test_no_dependence_on_chunks_threads_or_grouping(name, monkeypatch):
         for a, b in zip(both(), ref, strict=True):
             assert np.array_equal(a, b)
     sub = [7, 2, 3]
-    part = wrm.wrm_line_certified(model, theta, s_x[sub], y[sub], mask[sub], LAM, ETA, 1e-3, 40)
+    part = wrm.wrm_line_certified(model, theta, s_x[sub], y[sub], mask[sub], LAM, ETA_Z, 1e-3, 40)
     for a, b in zip(part, ref[1:], strict=True):
         assert np.array_equal(a, b[sub])
 
@@ -127,28 +127,28 @@ def test_both_logistic_kernels_and_w_zero(monkeypatch):
     same iterates, certificates and stopping steps."""
     model, theta, X, y, weights = _case("logistic", np.random.default_rng(7), k=6, n=30)
     mask = weights > 0
-    assert wrm._line_kernel(model, theta, LAM, ETA).__class__.__name__ == "_LogisticMarginLine"
+    assert wrm._line_kernel(model, theta, LAM, ETA_Z).__class__.__name__ == "_LogisticMarginLine"
 
     def run():
         s_x = model.scores(theta, X)
-        return (*wrm._line_fixed(model, theta, s_x, y, LAM, ETA, 9),
-                *wrm._line_certified(model, theta, s_x, y, mask, LAM, ETA, 1e-3, 40))
+        return (*wrm._line_fixed(model, theta, s_x, y, LAM, ETA_Z, 9),
+                *wrm._line_certified(model, theta, s_x, y, mask, LAM, ETA_Z, 1e-3, 40))
 
     margin = run()
     monkeypatch.setattr(wrm, "MARGIN_FORM_MIN_GRAM", np.inf)
-    assert wrm._line_kernel(model, theta, LAM, ETA).__class__.__name__ == "_LogisticLine"
+    assert wrm._line_kernel(model, theta, LAM, ETA_Z).__class__.__name__ == "_LogisticLine"
     plain = run()
     for a, b in zip(margin, plain, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
     np.testing.assert_array_equal(margin[3], plain[3])  # the same stopping steps
     theta[:-1] = 0.0  # w = 0: z = x whatever c is; the certificate is 0 at once
     monkeypatch.setattr(wrm, "MARGIN_FORM_MIN_GRAM", 1e-100)
-    c = wrm.wrm_line_coefficients(model, theta, model.scores(theta, X), y, LAM, ETA, 5)
+    c = wrm.wrm_line_coefficients(model, theta, model.scores(theta, X), y, LAM, ETA_Z, 5)
     assert np.isfinite(c).all() and np.abs(c).max() > 0
     _, steps, cert = wrm.wrm_line_certified(model, theta, model.scores(theta, X), y, mask, LAM,
-                                            ETA, 1e-9, 40)
+                                            ETA_Z, 1e-9, 40)
     assert (steps == 0).all() and (cert == 0).all()
-    fast = wrm.local_gradients(model, theta, X, y, weights, wrm=True, lam=LAM, eta_z=ETA, t_z=5)
+    fast = wrm.local_gradients(model, theta, X, y, weights, wrm=True, lam=LAM, eta_z=ETA_Z, t_z=5)
     np.testing.assert_allclose(fast, model.mean_grad_theta(theta, X, y, weights), rtol=1e-14)
 
 
@@ -183,7 +183,7 @@ def test_a_model_without_a_line_kernel_is_refused():
     assert model.linear is False
     with pytest.raises(ValueError, match="no WRM line kernel"):
         wrm.wrm_line_coefficients(model, model.init(2, np.random.default_rng(0)),
-                                  np.zeros((1, 2)), np.zeros((1, 2)), LAM, ETA, 3)
+                                  np.zeros((1, 2)), np.zeros((1, 2)), LAM, ETA_Z, 3)
 
 
 # ---- full training runs: fast and generic paths agree ------------------------------------------
@@ -230,7 +230,7 @@ def test_fast_and_generic_paths_train_to_the_same_theta(name, certified, monkeyp
     cfg = Config.from_dict({
         "model": name, **({"n_classes": 3} if name == "softmax" else {}),
         "algorithm": "alg2", "n_workers": 6, "alpha": 0.17, "attack": "alie", "beta": 0.34,
-        "rounds": rounds, "eval_every": rounds, "lam": LAM, "eta_z": ETA, "eta": 0.5,
+        "rounds": rounds, "eval_every": rounds, "lam": LAM, "eta_z": ETA_Z, "eta": 0.5,
         "seed": 3, **extra,
     })
     problem = _problem(name)

@@ -1,5 +1,10 @@
 """The WRM perturbation (Sinha et al. 2018), as an honest worker runs it in Algorithm 2, line 5.
 
+Sinha et al.'s Alg. 1 with penalty γ = λ: find an approximate maximizer z of the inner problem
+φ_λ(θ; x) = sup_z f(θ; z) − λ·c(z, x), then take ∇_θ f(θ; z), which is ∇_θ φ_λ at the exact
+maximizer z* (their Lemma 1, Danskin); Zhou et al.'s Algorithm 2 runs that on each honest worker
+(line 5: z, line 6: the local gradient) and Sec. VI-D counts the ascent steps an ε needs.
+
 Convention (stated because the paper's OCR lost the coefficient): the cost is
 c(z, x) = ‖z − x‖², and a worker maximizes
 
@@ -33,6 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,12 +52,13 @@ MARGIN_FORM_MIN_GRAM = 1e-100
 
 
 def ascent_gradient(model, theta, Z, X, y, lam: float) -> np.ndarray:
-    """∇g(z) = ∇_z f(θ; z) − 2λ(z − x), per sample."""
+    """∇g(z) = ∇_z f(θ; z) − 2λ(z − x) per sample: the gradient of the inner objective of φ_λ."""
     return model.grad_x(theta, Z, y) - 2.0 * lam * (Z - X)
 
 
 def wrm_ascent(model, theta, X, y, lam: float, eta_z: float, t_z: int) -> np.ndarray:
-    """Reference WRM: T_z explicit ascent steps on every sample; returns z, shape ``X.shape``."""
+    """Reference WRM (Algorithm 2, line 5): T_z explicit steps z ← z + η_z∇g(z) from z = x on
+    every sample; returns z, shape ``X.shape``."""
     Z = np.array(X, dtype=np.float64, copy=True)
     for _ in range(t_z):
         Z += eta_z * ascent_gradient(model, theta, Z, X, y, lam)
@@ -69,10 +77,47 @@ def wrm_ascent(model, theta, X, y, lam: float, eta_z: float, t_z: int) -> np.nda
 # K² scaled adds, never BLAS), so a sample's bits depend on its own values only: not on its
 # chunk, the thread that ran it, or which shards share the stack.
 #
-# Kernel protocol: ``prepare(s, y)`` the chunk's constants; ``start(consts, out)`` the state at
-# c = 0; per step ``increment`` (the μ term, into ``bufs``) then ``advance`` (the state);
-# ``residual`` the certificate's per-sample norm (times ``norm_scale`` = ‖∇g‖) after
-# ``increment``; ``final`` ∂f/∂s at the state; ``finish`` c from the state.
+# Kernel protocol: ``prepare(s, y)`` the chunk's constants (a NamedTuple, one per kernel, each
+# field an array over the chunk's samples); ``start(consts, out)`` the state at c = 0; per step
+# ``increment`` (the μ term, into ``bufs``) then ``advance`` (the state); ``residual`` the
+# certificate's per-sample norm (times ``norm_scale`` = ‖∇g‖) after ``increment``; ``final``
+# ∂f/∂s at the state; ``finish`` c from the state. ``lead`` is the number of leading component
+# axes of the state (0, or 1 for softmax's K), ``K`` the coefficients per sample.
+
+
+@dataclass(frozen=True)
+class _AscentStep:
+    """The scalars of the ascent step c ← c + η_z·r = a·c + η_z·(∂f/∂s) (Alg. 1's inner
+    ascent on the line) that every kernel uses."""
+
+    eta_z: float  #: η_z, the WRM ascent step
+    a: float  #: a = 1 − 2λη_z, the factor on c per step
+    two_lam_eta_z: float  #: 2λη_z, the weight of c in η_z·r = η_z·∂f/∂s − 2λη_z·c
+
+    @classmethod
+    def of(cls, lam: float, eta_z: float) -> _AscentStep:
+        return cls(eta_z, 1.0 - 2.0 * lam * eta_z, 2.0 * lam * eta_z)
+
+
+def _zero_state(shape: tuple, out: np.ndarray | None = None) -> np.ndarray:
+    """The state at c = 0 (z = x): a new zero array, or ``out`` zeroed in place."""
+    if out is None:
+        return np.zeros(shape)
+    out.fill(0.0)
+    return out
+
+
+def _ignore_overflow():
+    """Logistic kernels: e^{…} may overflow to inf, which gives σ = 0 exactly."""
+    return np.errstate(over="ignore")
+
+
+class _LogisticConsts(NamedTuple):
+    """A chunk's constants for :class:`_LogisticLine`."""
+
+    s_x: np.ndarray  #: s_x = ⟨w, x⟩ + b, the score at z = x
+    eta_z_y: np.ndarray  #: η_z·y, the label term of a step
+    y: np.ndarray  #: y, the label (∂f/∂s = σ(s) − y)
 
 
 class _LogisticLine:
@@ -83,60 +128,66 @@ class _LogisticLine:
 
     lead, K = 0, 1  # state arrays have the sample shape
 
-    def __init__(self, gram: float, lam: float, eta: float):
-        self.ww, self.eta = float(gram), eta
-        self.a, self.two_lam_eta = 1.0 - 2.0 * lam * eta, 2.0 * lam * eta
-        self.norm_scale = math.sqrt(self.ww) / eta  # ‖∇g‖ = ‖w‖·|η_z r|/η_z
+    def __init__(self, gram: float, lam: float, eta_z: float):
+        self.gram = float(gram)  # ‖w‖²
+        self.step = _AscentStep.of(lam, eta_z)
+        self.norm_scale = math.sqrt(self.gram) / eta_z  # ‖∇g‖ = ‖w‖·|η_z r|/η_z
 
-    def prepare(self, s, y) -> tuple:
-        return s, np.multiply(y, self.eta), y  # s_x and y are views; q = η_z·y
+    def prepare(self, s, y) -> _LogisticConsts:
+        return _LogisticConsts(s, np.multiply(y, self.step.eta_z), y)  # s_x and y are views
 
-    def start(self, consts, out=None):
-        if out is None:
-            return np.zeros(consts[0].shape)
-        out.fill(0.0)
-        return out
+    def start(self, consts: _LogisticConsts, out=None):
+        return _zero_state(consts.s_x.shape, out)
 
     def buffers(self, shape):
         return np.empty(shape)
 
     def _sigmoid(self, c, s, out, scale: float) -> None:
         """out = scale·σ(s + ‖w‖²c) = scale/(1 + e^{−‖w‖²c − s}) (e^{…} = inf gives 0)."""
-        np.multiply(c, -self.ww, out=out)
+        np.multiply(c, -self.gram, out=out)
         out -= s
         np.exp(out, out=out)
         out += 1.0
         np.divide(scale, out, out=out)
 
-    def increment(self, c, consts, t) -> None:
+    def increment(self, c, consts: _LogisticConsts, t) -> None:
         """t = η_z·σ(s_x + ‖w‖²c)."""
-        self._sigmoid(c, consts[0], t, self.eta)
+        self._sigmoid(c, consts.s_x, t, self.step.eta_z)
 
-    def advance(self, c, consts, t) -> None:
-        c *= self.a
+    def advance(self, c, consts: _LogisticConsts, t) -> None:
+        """c ← a·c + t − η_z·y."""
+        c *= self.step.a
         c += t
-        c -= consts[1]
+        c -= consts.eta_z_y
 
-    def residual(self, c, consts, t, out) -> None:
+    def residual(self, c, consts: _LogisticConsts, t, out) -> None:
         """out = |η_z·r| = |η_zσ − η_z·y − 2λη_z·c| per sample (after :meth:`increment`)."""
-        np.multiply(c, -self.two_lam_eta, out=out)
+        np.multiply(c, -self.step.two_lam_eta_z, out=out)
         out += t
-        out -= consts[1]
+        out -= consts.eta_z_y
         np.abs(out, out=out)
 
-    def final(self, c, consts, bufs, out) -> None:
+    def final(self, c, consts: _LogisticConsts, bufs, out) -> None:
         """out = ∂f/∂s at z = σ(s_x + ‖w‖²c) − y (the bits of ``sigmoid(s_z) − y``)."""
-        self._sigmoid(c, consts[0], out, 1.0)
-        out -= consts[2]
+        self._sigmoid(c, consts.s_x, out, 1.0)
+        out -= consts.y
 
-    def finish(self, c, consts):
+    def finish(self, c, consts: _LogisticConsts):
         return c
 
     def errstate(self):
-        return np.errstate(over="ignore")
+        return _ignore_overflow()
 
 
-class _LogisticMarginLine(_LogisticLine):
+class _MarginConsts(NamedTuple):
+    """A chunk's constants for :class:`_LogisticMarginLine`."""
+
+    s_shift: np.ndarray  #: s' = s_x − ‖w‖²y/(2λ), the score with the label term moved in
+    y_over_2lam: np.ndarray  #: y/(2λ), the shift c̃ − c of the coefficient
+    y: np.ndarray  #: y, the label (∂f/∂s = σ(u) − y)
+
+
+class _LogisticMarginLine:
     """Logistic loss in 6 elementwise passes per step instead of 8: the state is
     e = −‖w‖²(c + y/(2λ)), the margin's move shifted so the label term drops out.
 
@@ -147,87 +198,128 @@ class _LogisticMarginLine(_LogisticLine):
     cancellation), hence only for a normal ‖w‖² (else :class:`_LogisticLine`).
     """
 
-    def __init__(self, gram: float, lam: float, eta: float):
-        super().__init__(gram, lam, eta)
-        self.half_inv_lam, self.ww_eta = 0.5 / lam, self.ww * eta
-        self.norm_scale = 1.0 / (eta * math.sqrt(self.ww))  # ‖∇g‖ = |t + 2λη_z e|/(η_z‖w‖)
+    lead, K = 0, 1  # state arrays have the sample shape
 
-    def prepare(self, s, y) -> tuple:
+    def __init__(self, gram: float, lam: float, eta_z: float):
+        self.gram = float(gram)  # ‖w‖²
+        self.step = _AscentStep.of(lam, eta_z)
+        self.half_inv_lam = 0.5 / lam  # 1/(2λ)
+        self.gram_eta_z = self.gram * eta_z  # ‖w‖²η_z
+        self.norm_scale = 1.0 / (eta_z * math.sqrt(self.gram))  # ‖∇g‖ = |t + 2λη_z e|/(η_z‖w‖)
+
+    def prepare(self, s, y) -> _MarginConsts:
         gy = np.multiply(y, self.half_inv_lam)  # y/(2λ)
-        sp = np.multiply(gy, self.ww)
+        sp = np.multiply(gy, self.gram)
         np.subtract(s, sp, out=sp)  # s' = s_x − ‖w‖²y/(2λ)
-        return sp, gy, y
+        return _MarginConsts(sp, gy, y)
 
-    def start(self, consts, out=None):
-        return np.multiply(consts[1], -self.ww, out=out)  # e₀ = −‖w‖²·y/(2λ): c = 0
+    def start(self, consts: _MarginConsts, out=None):
+        return np.multiply(consts.y_over_2lam, -self.gram, out=out)  # e₀ = −‖w‖²·y/(2λ): c = 0
 
-    def increment(self, e, consts, t) -> None:
+    def buffers(self, shape):
+        return np.empty(shape)
+
+    def increment(self, e, consts: _MarginConsts, t) -> None:
         """t = ‖w‖²η_z·σ(u) = ‖w‖²η_z/(1 + e^{e − s'})."""
-        np.subtract(e, consts[0], out=t)
+        np.subtract(e, consts.s_shift, out=t)
         np.exp(t, out=t)
         t += 1.0
-        np.divide(self.ww_eta, t, out=t)
+        np.divide(self.gram_eta_z, t, out=t)
 
-    def advance(self, e, consts, t) -> None:
-        e *= self.a
+    def advance(self, e, consts: _MarginConsts, t) -> None:
+        """e ← a·e − t."""
+        e *= self.step.a
         e -= t
 
-    def residual(self, e, consts, t, out) -> None:
+    def residual(self, e, consts: _MarginConsts, t, out) -> None:
         """out = |t + 2λη_z·e| = ‖w‖²·|η_z·r|."""
-        np.multiply(e, self.two_lam_eta, out=out)
+        np.multiply(e, self.step.two_lam_eta_z, out=out)
         out += t
         np.abs(out, out=out)
 
-    def final(self, e, consts, bufs, out) -> None:
+    def final(self, e, consts: _MarginConsts, bufs, out) -> None:
         """out = σ(u) − y = 1/(1 + e^{e − s'}) − y."""
-        np.subtract(e, consts[0], out=out)
+        np.subtract(e, consts.s_shift, out=out)
         np.exp(out, out=out)
         out += 1.0
         np.divide(1.0, out, out=out)
-        out -= consts[2]
+        out -= consts.y
 
-    def finish(self, e, consts):
+    def finish(self, e, consts: _MarginConsts):
         """c = −e/‖w‖² − y/(2λ), in place."""
-        np.divide(e, -self.ww, out=e)
-        e -= consts[1]
+        np.divide(e, -self.gram, out=e)
+        e -= consts.y_over_2lam
         return e
 
+    def errstate(self):
+        return _ignore_overflow()
 
-class _IdentityLine(_LogisticLine):
+
+class _IdentityConsts(NamedTuple):
+    """A chunk's constants for :class:`_IdentityLine`."""
+
+    p: np.ndarray  #: p = η_z(s_x − y), the constant term of a step
+    s_x: np.ndarray  #: s_x = ⟨w, x⟩ + b, the score at z = x
+    y: np.ndarray  #: y, the target (∂f/∂s = s − y)
+
+
+class _IdentityLine:
     """Least squares: r = s_x + ‖w‖²c − y − 2λc is affine in c, so the step is
     c ← b·c + p with b = 1 + η_z(‖w‖² − 2λ), p = η_z(s_x − y)."""
 
-    def __init__(self, gram: float, lam: float, eta: float):
-        super().__init__(gram, lam, eta)
-        self.b1 = eta * (self.ww - 2.0 * lam)
-        self.b = 1.0 + self.b1
+    lead, K = 0, 1  # state arrays have the sample shape
 
-    def prepare(self, s, y) -> tuple:
+    def __init__(self, gram: float, lam: float, eta_z: float):
+        self.gram = float(gram)  # ‖w‖²
+        self.eta_z = eta_z
+        self.norm_scale = math.sqrt(self.gram) / eta_z  # ‖∇g‖ = ‖w‖·|η_z r|/η_z
+        self.b_minus_1 = eta_z * (self.gram - 2.0 * lam)  # b − 1 = η_z(‖w‖² − 2λ)
+        self.b = 1.0 + self.b_minus_1
+
+    def prepare(self, s, y) -> _IdentityConsts:
         p = np.subtract(s, y)
-        p *= self.eta
-        return p, s, y
+        p *= self.eta_z
+        return _IdentityConsts(p, s, y)
 
-    def increment(self, c, consts, t) -> None:
-        pass
+    def start(self, consts: _IdentityConsts, out=None):
+        return _zero_state(consts.p.shape, out)
 
-    def advance(self, c, consts, t) -> None:
+    def buffers(self, shape):
+        return np.empty(shape)
+
+    def increment(self, c, consts: _IdentityConsts, t) -> None:
+        """Nothing: the step is affine in c."""
+
+    def advance(self, c, consts: _IdentityConsts, t) -> None:
+        """c ← b·c + p."""
         c *= self.b
-        c += consts[0]
+        c += consts.p
 
-    def residual(self, c, consts, t, out) -> None:
+    def residual(self, c, consts: _IdentityConsts, t, out) -> None:
         """out = |η_z·r| = |p + (b − 1)c|."""
-        np.multiply(c, self.b1, out=out)
-        out += consts[0]
+        np.multiply(c, self.b_minus_1, out=out)
+        out += consts.p
         np.abs(out, out=out)
 
-    def final(self, c, consts, bufs, out) -> None:
+    def final(self, c, consts: _IdentityConsts, bufs, out) -> None:
         """out = ∂f/∂s at z = s_x + ‖w‖²c − y."""
-        np.multiply(c, self.ww, out=out)
-        out += consts[1]
-        out -= consts[2]
+        np.multiply(c, self.gram, out=out)
+        out += consts.s_x
+        out -= consts.y
+
+    def finish(self, c, consts: _IdentityConsts):
+        return c
 
     def errstate(self):
         return contextlib.nullcontext()
+
+
+class _SoftmaxConsts(NamedTuple):
+    """A chunk's constants for :class:`_SoftmaxLine`, component-major (``(K, …)``)."""
+
+    S_x: np.ndarray  #: S_x = Wᵀx + b, the K scores at z = x
+    eta_z_e_y: np.ndarray  #: η_z·e_y, the label term of a step
+    e_y: np.ndarray  #: e_y, the one-hot label (∂f/∂S = softmax(S) − e_y)
 
 
 class _SoftmaxLine:
@@ -236,19 +328,19 @@ class _SoftmaxLine:
 
     lead = 1
 
-    def __init__(self, gram: np.ndarray, lam: float, eta: float):
-        self.G = np.asarray(gram, dtype=np.float64)
+    def __init__(self, gram: np.ndarray, lam: float, eta_z: float):
+        self.G = np.asarray(gram, dtype=np.float64)  # G = WᵀW, K × K
         self.K = self.G.shape[0]
-        self.eta, self.a, self.two_lam_eta = eta, 1.0 - 2.0 * lam * eta, 2.0 * lam * eta
-        self.norm_scale = 1.0 / eta  # ‖∇g‖ = ‖W(η_z r)‖/η_z = √((ηr)ᵀG(ηr))/η_z
+        self.step = _AscentStep.of(lam, eta_z)
+        self.norm_scale = 1.0 / eta_z  # ‖∇g‖ = ‖W(η_z r)‖/η_z = √((η_z r)ᵀG(η_z r))/η_z
 
-    def prepare(self, s, y) -> tuple:
+    def prepare(self, s, y) -> _SoftmaxConsts:
         S = np.ascontiguousarray(np.moveaxis(s, -1, 0))
         E = np.stack([(y == j).astype(np.float64) for j in range(self.K)])  # e_y
-        return S, E * self.eta, E
+        return _SoftmaxConsts(S, E * self.step.eta_z, E)
 
-    def start(self, consts, out=None):
-        return np.zeros(consts[0].shape)
+    def start(self, consts: _SoftmaxConsts, out=None):
+        return _zero_state(consts.S_x.shape, out)
 
     def buffers(self, shape):
         """T (the step's softmax term), a per-sample scratch row, and R and GR for the
@@ -277,21 +369,22 @@ class _SoftmaxLine:
         np.divide(scale, tmp, out=tmp)
         out *= tmp
 
-    def increment(self, C, consts, bufs) -> None:
+    def increment(self, C, consts: _SoftmaxConsts, bufs) -> None:
         """T = η_z·softmax(S_x + GC)."""
-        self._softmax(C, consts[0], bufs[0], bufs[1], self.eta)
+        self._softmax(C, consts.S_x, bufs[0], bufs[1], self.step.eta_z)
 
-    def advance(self, C, consts, bufs) -> None:
-        C *= self.a
+    def advance(self, C, consts: _SoftmaxConsts, bufs) -> None:
+        """C ← a·C + T − η_z·e_y."""
+        C *= self.step.a
         C += bufs[0]
-        C -= consts[1]
+        C -= consts.eta_z_e_y
 
-    def residual(self, C, consts, bufs, out) -> None:
+    def residual(self, C, consts: _SoftmaxConsts, bufs, out) -> None:
         """out = ‖W(η_z r)‖ = √(Σ_i R_i (GR)_i) with R = η_z r = T − η_z·e_y − 2λη_z·C."""
         T, tmp, R, GR = bufs
-        np.multiply(C, -self.two_lam_eta, out=R)
+        np.multiply(C, -self.step.two_lam_eta_z, out=R)
         R += T
-        R -= consts[1]
+        R -= consts.eta_z_e_y
         self._times_gram(R, GR, tmp)
         np.multiply(R[0], GR[0], out=out)
         for i in range(1, self.K):
@@ -299,12 +392,12 @@ class _SoftmaxLine:
         np.maximum(out, 0.0, out=out)  # G is PSD: only rounding can make it negative
         np.sqrt(out, out=out)
 
-    def final(self, C, consts, bufs, out) -> None:
+    def final(self, C, consts: _SoftmaxConsts, bufs, out) -> None:
         """out = ∂f/∂S at z = softmax(S_x + GC) − e_y."""
-        self._softmax(C, consts[0], out, bufs[1], 1.0)
-        out -= consts[2]
+        self._softmax(C, consts.S_x, out, bufs[1], 1.0)
+        out -= consts.e_y
 
-    def finish(self, C, consts):
+    def finish(self, C, consts: _SoftmaxConsts):
         return np.moveaxis(C, 0, -1)
 
     def errstate(self):
@@ -315,6 +408,7 @@ _LINE_KERNELS = {"logistic": _LogisticLine, "identity": _IdentityLine, "softmax"
 
 
 def _line_kernel(model, theta, lam: float, eta_z: float):
+    """The kernel for ``model.line_link`` at θ (the margin form for a normal ‖w‖²)."""
     link = getattr(model, "line_link", "")
     if link not in _LINE_KERNELS:
         raise ValueError(f"Model '{getattr(model, 'name', model)}' has no WRM line kernel "
@@ -326,8 +420,9 @@ def _line_kernel(model, theta, lam: float, eta_z: float):
 
 
 def _line_fixed(model, theta, s_x, y, lam: float, eta_z: float, t_z: int):
-    """``(c_T, ∂f/∂s at z_T)``, both shaped like ``s_x``: T_z kernel steps per chunk of samples
-    (``LINE_CHUNK`` scalars), the chunks spread over threads."""
+    """``(c_T, ∂f/∂s at z_T)``, both shaped like ``s_x``: Algorithm 2, line 5 on the line, as
+    T_z kernel steps per chunk of samples (``LINE_CHUNK`` scalars), the chunks spread over
+    threads."""
     kern = _line_kernel(model, theta, lam, eta_z)
     tail = s_x.shape[s_x.ndim - kern.lead:]
     s = np.ascontiguousarray(s_x, dtype=np.float64).reshape(-1, *tail)
@@ -356,8 +451,8 @@ def _line_fixed(model, theta, s_x, y, lam: float, eta_z: float, t_z: int):
 
 
 def wrm_line_coefficients(model, theta, s_x, y, lam: float, eta_z: float, t_z: int) -> np.ndarray:
-    """Fast WRM for linear models: c_T such that z_T = x + c_T·w (x + Wc_T for softmax), from
-    the scores s_x = ``model.scores(θ, x)``; shape ``s_x.shape``.
+    """Fast WRM for linear models (Algorithm 2, line 5): c_T such that z_T = x + c_T·w
+    (x + Wc_T for softmax), from the scores s_x = ``model.scores(θ, x)``; shape ``s_x.shape``.
 
     The iterates of :func:`wrm_ascent` (up to rounding): c ← c + η_z·r, r the residual above.
     """
@@ -381,8 +476,9 @@ def local_gradients(
 
     ``X`` is ``(k, n, d)``, ``y`` and ``weights`` ``(k, n)``; returns ``(k, p)``: for each shard
     the weighted mean of ∇_θ f(θ; z) at the ε-optimal perturbed samples z (or at z = x when
-    ``wrm`` is off: ERM and NBS). Both engines call this very function. ``fast`` (default)
-    takes the exact fast path for a ``linear`` model; ``fast=False`` the explicit ascent.
+    ``wrm`` is off: ERM and NBS), Sinha et al.'s Alg. 1 gradient ∇_θ f(θ; z) ≈ ∇_θ φ_λ(θ; x).
+    Both engines call this very function. ``fast`` (default) takes the exact fast path for a
+    ``linear`` model; ``fast=False`` the explicit ascent.
     """
     if not wrm or t_z == 0:
         return model.mean_grad_theta(theta, X, y, weights)
@@ -398,13 +494,15 @@ def local_gradients(
 
 
 def certificate_scale(lam: float, l_zz: float) -> float:
-    """1/λ_g, the factor turning ‖∇g(z)‖ into the bound on ‖z − z*‖; ``inf`` when λ_g ≤ 0."""
+    """1/λ_g, the factor turning ‖∇g(z)‖ into the bound ‖z − z*‖ ≤ ‖∇g(z)‖/λ_g of λ_g-strong
+    concavity (Sec. VI-D); ``inf`` when λ_g ≤ 0."""
     lam_g, _ = concavity_constants(lam, l_zz)
     return 1.0 / lam_g if lam_g > 0 else math.inf
 
 
 def _certified_loop(state, residual, advance, mask, scale, epsilon, t_z_max):
-    """The adaptive ascent of the explicit (reference) path, deciding per shard (axis 0).
+    """The adaptive ascent of the explicit (reference) path, deciding per shard (axis 0): line 5
+    run until the Sec. VI-D bound certifies ε.
 
     ``residual(idx, state_rows) -> (r, norms)`` gives the step direction and ‖∇g‖ per sample
     for shards ``idx``; ``advance(state_rows, r) -> new rows`` is the fixed-step update. Shard i
@@ -467,7 +565,7 @@ def _line_certified(model, theta, s_x, y, mask, lam, eta_z, epsilon, t_z_max):
                 done = worst <= epsilon if t < t_z_max else np.ones(ids.size, dtype=bool)
                 if done.any():  # stopped shards leave the chunk: c, ∂f/∂s, certificate, steps
                     fin, f_state = ids[done], take(state, done)
-                    f_consts = tuple(take(x, done) for x in consts)
+                    f_consts = consts._make(take(x, done) for x in consts)
                     out = np.empty(f_state.shape)
                     kern.final(f_state, f_consts, kern.buffers(f_state.shape), out)
                     c[fin] = kern.finish(f_state, f_consts)
@@ -477,7 +575,7 @@ def _line_certified(model, theta, s_x, y, mask, lam, eta_z, epsilon, t_z_max):
                         return
                     keep = ~done
                     ids, m, state = ids[keep], m[keep], take(state, keep)
-                    consts = tuple(take(x, keep) for x in consts)
+                    consts = consts._make(take(x, keep) for x in consts)
                     bufs, norms = kern.buffers(state.shape), np.empty(m.shape)
                     kern.increment(state, consts, bufs)  # elementwise: the same values again
                 kern.advance(state, consts, bufs)
@@ -489,7 +587,8 @@ def _line_certified(model, theta, s_x, y, mask, lam, eta_z, epsilon, t_z_max):
 def wrm_line_certified(
     model, theta, s_x, y, mask, lam: float, eta_z: float, epsilon: float, t_z_max: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fast certified WRM for linear models: ``(c, steps, certificate)``.
+    """Fast certified WRM for linear models (line 5 to a certified ε, Sec. VI-D): ``(c, steps,
+    certificate)``.
 
     The iterates are those of :func:`wrm_line_coefficients`, bit for bit (same kernel, same
     operations); shard i (axis 0) stops after ``steps[i]`` of them, at the first step whose
@@ -505,8 +604,9 @@ def wrm_line_certified(
 def wrm_ascent_certified(
     model, theta, X, y, mask, lam: float, eta_z: float, epsilon: float, t_z_max: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference certified WRM on explicit z (any model with ``lipschitz_xx``): ``(z, steps,
-    certificate)`` with certificate ‖∇g(z)‖/λ_g; the iterates are :func:`wrm_ascent`'s."""
+    """Reference certified WRM on explicit z (any model with ``lipschitz_xx``; Sec. VI-D):
+    ``(z, steps, certificate)`` with certificate ‖∇g(z)‖/λ_g; the iterates are
+    :func:`wrm_ascent`'s."""
     Z = np.array(X, dtype=np.float64, copy=True)
     scale = certificate_scale(lam, model.lipschitz_xx(theta))
 
@@ -533,7 +633,8 @@ def local_gradients_certified(
     t_z_max: int,
     fast: bool = True,
 ) -> tuple[np.ndarray, dict]:
-    """:func:`local_gradients` with the ascent run to a certified precision ε per sample.
+    """:func:`local_gradients` with the ascent run to a certified precision ε per sample
+    (Algorithm 2, lines 5–6 with Sec. VI-D's ε-optimal z).
 
     Each shard (logical worker) ascends until every one of its samples has ‖z − z*‖ ≤
     ‖∇g(z)‖/λ_g ≤ ε, or ``t_z_max`` steps. Returns the ``(k, p)`` gradients and the round's
@@ -586,15 +687,17 @@ def concavity_constants(lam: float, l_zz: float) -> tuple[float, float]:
 
 
 def optimal_step(lam: float, l_zz: float) -> float:
-    """η_z = 2/(L_g + λ_g), the step that minimizes the contraction factor."""
+    """η_z = 2/(L_g + λ_g) = 1/(2λ), the step that minimizes the contraction ρ (Sec. VI-D)."""
     lam_g, l_g = concavity_constants(lam, l_zz)
     return 2.0 / (l_g + lam_g)
 
 
 def contraction(lam: float, l_zz: float, eta_z: float | None = None) -> float:
-    """ρ: per-step contraction of ‖z_t − z*‖ for step ``eta_z`` (default: the optimal step).
+    """ρ: per-step contraction of ‖z_t − z*‖ for step ``eta_z`` (default: the optimal step),
+    Sec. VI-D.
 
-    ρ(η) = max(|1 − ηλ_g|, |1 − ηL_g|); ρ ≥ 1 means no guarantee (λ_g ≤ 0 or a step too large).
+    ρ(η_z) = max(|1 − η_zλ_g|, |1 − η_zL_g|); ρ ≥ 1 means no guarantee (λ_g ≤ 0 or a step
+    too large).
     """
     lam_g, l_g = concavity_constants(lam, l_zz)
     if eta_z is None:
@@ -616,5 +719,6 @@ def steps_for_epsilon(d_z: float, epsilon: float, rho: float) -> int:
 
 
 def ascent_residual(model, theta, Z, X, y, lam: float) -> np.ndarray:
-    """‖∇g(z)‖ per sample: 0 exactly at the maximizer; ‖z − z*‖ ≤ ‖∇g(z)‖/λ_g when λ_g > 0."""
+    """‖∇g(z)‖ per sample: 0 exactly at the maximizer; ‖z − z*‖ ≤ ‖∇g(z)‖/λ_g when λ_g > 0
+    (Sec. VI-D)."""
     return np.linalg.norm(ascent_gradient(model, theta, Z, X, y, lam), axis=-1)
