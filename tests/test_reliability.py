@@ -201,9 +201,10 @@ def test_server_actor_killed_then_resumed_from_its_checkpoint(problem, tmp_path)
 
 
 def test_tune_retries_a_failed_trial_with_max_failures(data_dir, tmp_path):
-    """A trial that raises (its data file is not there yet) is retried by Tune's FailureConfig
-    (the study's max_failures) and then finishes; without retries it is recorded as errored
-    with its message (tests/test_studies.py::test_failed_trials_are_reported_and_exit_nonzero)."""
+    """A trial that raises (its data file went missing after the study checked it against the
+    data, a transient fault) is retried by Tune's FailureConfig (the study's max_failures) and
+    then finishes; without retries it is recorded as errored with its message
+    (tests/test_studies.py::test_failed_trials_are_reported_and_exit_nonzero)."""
     import shutil
     import threading
     import time
@@ -211,22 +212,29 @@ def test_tune_retries_a_failed_trial_with_max_failures(data_dir, tmp_path):
     from ray_robust.studies import run_study_full
 
     late = tmp_path / "late" / "spambase.data"
+    late.parent.mkdir()
+    shutil.copy(data_dir / "spambase.data", late)  # there when the study checks its points
     study = {"name": "retry", "max_failures": 20, "plot": {"x": "seed"}, "param_space": {
         "environment": "E1", "algorithm": "alg2", "rounds": 20, "seed": {"grid_search": [0]},
         "data_path": str(late)}}
     exp = tmp_path / "retry"
     failed_first = []
 
-    def supply_the_file_after_the_first_failure():
+    def wait_for(condition) -> bool:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(exp.glob("*/error.txt")):
-            time.sleep(0.05)
-        failed_first.append(any(exp.glob("*/error.txt")))
-        late.parent.mkdir()
+        while time.monotonic() < deadline and not condition():
+            time.sleep(0.01)
+        return condition()
+
+    def remove_the_file_then_supply_it_after_the_first_failure():
+        wait_for((exp / "study.json").is_file)  # checks done, trials not yet started
+        late.unlink()
+        failed_first.append(wait_for(lambda: any(exp.glob("*/error.txt"))))
         shutil.copy(data_dir / "spambase.data", late.with_suffix(".tmp"))
         os.replace(late.with_suffix(".tmp"), late)
 
-    helper = threading.Thread(target=supply_the_file_after_the_first_failure, daemon=True)
+    helper = threading.Thread(target=remove_the_file_then_supply_it_after_the_first_failure,
+                              daemon=True)
     helper.start()
     res = run_study_full(study, storage=tmp_path, log=None)
     helper.join()
