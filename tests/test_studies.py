@@ -219,12 +219,25 @@ def test_short_trials_run_on_every_cpu_not_one_reused_actor(ray_session, tmp_pat
 
 
 def test_failed_trials_are_reported_and_exit_nonzero(ray_session, tmp_path, capsys):
-    study = {**GOOD, "param_space": {**GOOD["param_space"],
-                                     "data_path": str(tmp_path / "missing.data")}}
+    """Trials that fail while they run (here: they diverge at round 42) are reported, each
+    with its message, and the command exits 1."""
+    study = {**GOOD, "param_space": {**GOOD["param_space"], "algorithm": "erm",
+                                     "model": "least_squares", "eta": 1e3, "rounds": 60,
+                                     "report_every": 10}}
     assert main(["tune", str(_write(tmp_path, study)), "--storage", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "2 of 2 trials failed" in out
-    assert "failed: FileNotFoundError: No Spambase file" in out
+    assert "failed: ray_robust.algorithm.DivergenceError: Round 42 of 60: the run diverged" in out
+
+
+def test_a_point_that_cannot_run_is_refused_before_tune(tmp_path, capsys):
+    """A missing data file would fail every trial: the study says so before Ray starts."""
+    study = {**GOOD, "param_space": {**GOOD["param_space"],
+                                     "data_path": str(tmp_path / "missing.data")}}
+    assert main(["tune", str(_write(tmp_path, study)), "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot run: No Spambase file" in err and "\n" not in err
+    assert not (tmp_path / study.get("name", "study")).exists()
 
 
 def test_trial_with_ray_engine_completes_on_two_cores(ray_session, tmp_path):
