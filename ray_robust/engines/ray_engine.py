@@ -61,6 +61,15 @@ a Tune study: :func:`_ensure_ray` is the one place ray_robust starts Ray). On
 a cluster every node needs ``ray_robust`` importable (same Python and Ray version); the data is
 read on the driver only and reaches the nodes via the object store.
 
+Bounded waits (issue 14). Joining a cluster (``address`` / ``$RAY_ADDRESS``) waits at most
+``$RAY_ROBUST_CONNECT_TIMEOUT`` seconds (default 30) for its GCS port, then raises
+:class:`ClusterUnreachableError` (Ray 2.60's own ``ray.init`` retries an unreachable GCS for
+minutes: > 5 min measured, 20 GcsClient attempts of ≈ 41 s each). A GCS lost mid-run (killed,
+its node down) is a :class:`ServerDiedError` at once when it is the local instance's process,
+else after :data:`GCS_LOSS_GRACE_S` s unreachable, before Ray's own
+60 s limit ends the driver process without a word; a local instance this process started
+then leaves no process behind (:func:`_shutdown_ray`).
+
 Ray logs one ``core_worker.cc`` error line per trainer: "constructor arguments in the object
 store and max_restarts > 0" (ray-project/ray#53727). It is harmless here: the trainer keeps the
 shard refs alive until :meth:`RayTrainer.close`, so a restart always finds them.
@@ -69,7 +78,11 @@ shard refs alive until :meth:`RayTrainer.close`, so a restart always finds them.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import signal
+import socket
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -103,10 +116,84 @@ from .ray_placement import (  # noqa: F401 (re-exported: used by studies, benchm
 
 
 class ServerDiedError(RuntimeError):
-    """The server actor died mid-run (its process crashed or was killed)."""
+    """The server actor died mid-run (its process crashed or was killed), or the cluster's GCS
+    stopped answering during the run."""
+
+
+class ClusterUnreachableError(ConnectionError, ValueError):
+    """The Ray cluster to join did not answer within ``$RAY_ROBUST_CONNECT_TIMEOUT`` seconds.
+
+    A ``ValueError`` too: the address is the caller's input (the CLI prints it as one line).
+    """
+
+
+#: the environment variable bounding the wait for a cluster to join (seconds)
+CONNECT_TIMEOUT_ENV = "RAY_ROBUST_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+#: a GCS unreachable this long mid-run ends the run (Ray itself ends the driver at 60 s)
+GCS_LOSS_GRACE_S = 10.0
+GCS_CHECK_INTERVAL_S = 1.0
 
 
 # ---- driver side -------------------------------------------------------------------------
+
+
+def connect_timeout() -> float:
+    """``$RAY_ROBUST_CONNECT_TIMEOUT`` in seconds (default 30); a clear error if not > 0."""
+    raw = os.environ.get(CONNECT_TIMEOUT_ENV)
+    if raw is None or raw.strip() == "":
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"The environment variable {CONNECT_TIMEOUT_ENV} must be a number of seconds > 0 "
+            f"(how long to wait for the Ray cluster to join). Got {raw!r}; set it e.g. to "
+            f"{DEFAULT_CONNECT_TIMEOUT_S:g} or unset it."
+        )
+    return value
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` of a cluster address (``ray://`` prefix allowed, ``auto`` resolved as Ray
+    does); None when it is not of that form (``ray.init`` then says what is wrong)."""
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        address = canonicalize_bootstrap_address("auto") or ""  # no cluster: Ray's own error
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _reachable(host: str, port: int, timeout: float) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=max(timeout, 0.01)):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_for_cluster(address: str, timeout: float) -> float:
+    """Wait until the GCS port of ``address`` accepts connections; the seconds left of
+    ``timeout``. :class:`ClusterUnreachableError` when it does not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    hp = _host_port(address)
+    if hp is None:
+        return timeout
+    while not _reachable(*hp, min(2.0, deadline - time.monotonic())):
+        if time.monotonic() >= deadline:
+            raise ClusterUnreachableError(
+                f"No Ray cluster answered at {address} within {timeout:g} s. Start the cluster "
+                f"(`ray start --head` on its head node), check the address (--address or "
+                f"RAY_ADDRESS), or wait longer with {CONNECT_TIMEOUT_ENV}=<seconds>."
+            )
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    return max(1.0, deadline - time.monotonic())
 
 
 def _ensure_ray(address: str | None, include_dashboard: bool, *,
@@ -118,23 +205,139 @@ def _ensure_ray(address: str | None, include_dashboard: bool, *,
     studies). ``worker_env``: environment variables Ray's workers need: a new local instance
     inherits them from this process (set here), a cluster gets them as the job's runtime_env.
     ``configure_logging``: Ray's own ``configure_logging`` (the studies pass False).
+
+    Joining a cluster is bounded by ``$RAY_ROBUST_CONNECT_TIMEOUT`` (:func:`connect_timeout`).
+    Ray 2.60 has no reliable knob for it: ``ray.init`` makes up to 20 GcsClient attempts
+    (``RAY_gcs_server_port_wait_time_s`` sets their count), each waiting ≈ 41 s for an
+    unreachable GCS (``gcs_rpc_server_connect_timeout_s`` and the cluster-id wait, C++ settings
+    read once per process). So the GCS port is first probed with plain TCP connects until the
+    bound (:func:`_wait_for_cluster`), then ``ray.init`` runs with
+    ``RAY_gcs_server_port_wait_time_s`` = the seconds left (fewer attempts if the port answers
+    but the GCS does not). Joining starts no local process, so a failure leaves none behind.
     """
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # "local": a new instance, never another user's cluster found in /tmp/ray
     target = address or os.environ.get("RAY_ADDRESS") or "local"
+    timeout = connect_timeout()  # checked for a local instance too: a bad value is an error
     env = dict(worker_env or {})
     if target == "local":
         # the instance started here inherits this environment; a job runtime_env would make
         # Ray start new workers for Tune's trials instead of using the ones it prestarts at
         # ray.init (2 trial actors ready in 3.5-8 s instead of 0.6-1 s, measured)
         os.environ.update(env)
-        env = {}
-    ray.init(address=target, include_dashboard=include_dashboard, log_to_driver=False,
-             configure_logging=configure_logging,
-             runtime_env={"env_vars": env} if env else None)
+        ray.init(address=target, include_dashboard=include_dashboard, log_to_driver=False,
+                 configure_logging=configure_logging)
+        return True
+    left = _wait_for_cluster(target, timeout)
+    attempts = "RAY_gcs_server_port_wait_time_s"  # Ray's GcsClient attempts (≈ 1 s apart)
+    before = os.environ.get(attempts)
+    os.environ.setdefault(attempts, str(math.ceil(left)))
+    try:
+        ray.init(address=target, include_dashboard=include_dashboard, log_to_driver=False,
+                 configure_logging=configure_logging,
+                 runtime_env={"env_vars": env} if env else None)
+    finally:
+        if before is None:
+            os.environ.pop(attempts, None)
     return True
+
+
+def _local_node() -> list[Any] | None:
+    """The GCS and raylet processes (Popen) of the local instance this process started; None
+    when this process joined a cluster (or Ray is down)."""
+    from ray._private import ray_constants
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None or not node.head:
+        return None
+    return [info.process for kind in (ray_constants.PROCESS_TYPE_GCS_SERVER,
+                                      ray_constants.PROCESS_TYPE_RAYLET)
+            for info in node.all_processes.get(kind, [])]
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid → start time (``/proc/PID/stat`` field 22, telling a reused pid apart) of every
+    process below ``pid`` (children, their children, …); empty where there is no ``/proc``."""
+    parent: dict[int, int] = {}
+    start: dict[int, str] = {}
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:  # gone meanwhile
+                continue
+            parent[int(name)], start[int(name)] = int(fields[1]), fields[19]
+    found, todo = {}, [pid]
+    while todo:
+        above = todo.pop()
+        for child in [p for p, pp in parent.items() if pp == above and p not in found]:
+            found[child] = start[child]
+            todo.append(child)
+    return found
+
+
+def _shutdown_ray() -> None:
+    """``ray.shutdown()``; if this process started the instance and its GCS or raylet died,
+    also end the processes below this one that Ray left running (measured on Ray 2.60: after a
+    killed GCS, ``ray.shutdown`` leaves the dashboard and runtime-env agents running,
+    orphaned). They are listed before the shutdown, while the raylet still holds them."""
+    local = _local_node()
+    crashed = local is not None and any(p.poll() is not None for p in local)
+    before = descendants(os.getpid()) if crashed else {}
+    ray.shutdown()
+    if not before:
+        return
+    for pid, started in before.items():
+        if _start_time(pid) == started:  # still running (re-parented), not a reused pid
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of ``/proc/PID/stat`` (when the process started); None if it is gone or a
+    zombie (it has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+class _GcsWatch:
+    """Whether the cluster's GCS still answers, checked at most every
+    :data:`GCS_CHECK_INTERVAL_S` seconds: for the local instance this process started, whether
+    its process runs, else a TCP connect to its port."""
+
+    def __init__(self) -> None:
+        self.address = ray.get_runtime_context().gcs_address
+        local = _local_node()
+        self._gcs = local[0] if local else None
+        self._checked = time.monotonic()
+        self._lost_since: float | None = None
+
+    def _alive(self) -> bool:
+        if self._gcs is not None:
+            return self._gcs.poll() is None
+        hp = _host_port(self.address)
+        return hp is None or _reachable(*hp, GCS_CHECK_INTERVAL_S)
+
+    def lost_for(self) -> float:
+        """Seconds the GCS has been found unreachable (0 while it answers; ∞ once the local
+        GCS process has exited: it cannot come back)."""
+        if self._gcs is not None and self._gcs.poll() is not None:
+            return math.inf
+        now = time.monotonic()
+        if now - self._checked >= GCS_CHECK_INTERVAL_S:
+            self._checked = now
+            if self._alive():
+                self._lost_since = None
+            elif self._lost_since is None:
+                self._lost_since = now
+        return 0.0 if self._lost_since is None else now - self._lost_since
 
 
 @contextlib.contextmanager
@@ -150,7 +353,7 @@ def ray_session(address: str | None = None, include_dashboard: bool = False, *,
         yield
     finally:
         if started:
-            ray.shutdown()
+            _shutdown_ray()
 
 
 class RayTrainer:
@@ -294,17 +497,27 @@ class RayTrainer:
         fut = self._server.train.remote(
             config, progress_every if progress else 0, checkpoint_every, state
         )
+        events = progress is not None or checkpoint_every
+        gcs = _GcsWatch()
         try:
-            if progress is not None or checkpoint_every:
-                while True:
-                    done, _ = ray.wait([fut], timeout=self.poll_interval)
-                    for kind, payload in ray.get(self._server.poll.remote()):
-                        if kind == "progress" and progress is not None:
-                            progress(payload)
-                        elif kind == "checkpoint" and checkpoint is not None:
-                            checkpoint(payload)
-                    if done:
-                        break
+            while True:  # until the run ends, the server actor dies or the GCS is lost
+                done, _ = ray.wait([fut], timeout=self.poll_interval)
+                for kind, payload in ray.get(self._server.poll.remote()) if events else ():
+                    if kind == "progress" and progress is not None:
+                        progress(payload)
+                    elif kind == "checkpoint" and checkpoint is not None:
+                        checkpoint(payload)
+                if done:
+                    break
+                if gcs.lost_for() >= GCS_LOSS_GRACE_S:
+                    self.close()
+                    raise ServerDiedError(
+                        f"The Ray cluster's GCS at {gcs.address} stopped answering during the "
+                        f"run (its process exited, or it was unreachable for "
+                        f"{GCS_LOSS_GRACE_S:g} s: the cluster is lost); "
+                        f"restart Ray, make a new RayTrainer and resume from the last "
+                        f"checkpoint, if the run wrote any."
+                    )
             hist, caught = ray.get(fut)
             for category, message in caught:  # as the in-process engine would have warned
                 warnings.warn(message, category, stacklevel=2)
@@ -352,7 +565,7 @@ class RayTrainer:
         self._shard_refs = []
         if self._started_ray:
             self._started_ray = False
-            ray.shutdown()
+            _shutdown_ray()
 
     def __enter__(self) -> RayTrainer:
         return self
