@@ -141,3 +141,18 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_dashboard_without_its_packages_is_one_line_before_ray_starts(data_dir):
+    """`--dashboard` without ray[default]: one line naming the extra (Ray raised deep inside
+    ray.init: a traceback). Skipped where the packages are installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("aiohttp") is not None:
+        pytest.skip("Ray's dashboard packages are installed here")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_robust.cli", "train", "--engine", "ray", "--dashboard",
+         "--rounds", "2"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("ray-robust: error: --dashboard needs")
+    assert "Traceback" not in proc.stderr

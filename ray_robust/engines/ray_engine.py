@@ -196,6 +196,16 @@ def _wait_for_cluster(address: str, timeout: float) -> float:
     return max(1.0, deadline - time.monotonic())
 
 
+def check_dashboard_installed() -> None:
+    """The dashboard needs Ray's ``default`` extra (aiohttp, ...): a clear error, before Ray
+    starts, when it is missing (Ray itself fails deep inside ``ray.init``)."""
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401 (what Ray itself imports to decide)
+    except ImportError as exc:
+        raise ValueError(f"--dashboard needs Ray's dashboard packages ({exc}): pip install "
+                         "'ray[default]', or run without --dashboard.") from None
+
+
 def _ensure_ray(address: str | None, include_dashboard: bool, *,
                 worker_env: Mapping[str, str] | None = None,
                 configure_logging: bool = True) -> bool:
@@ -217,6 +227,8 @@ def _ensure_ray(address: str | None, include_dashboard: bool, *,
     """
     if ray.is_initialized():
         return False
+    if include_dashboard:
+        check_dashboard_installed()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # "local": a new instance, never another user's cluster found in /tmp/ray
     target = address or os.environ.get("RAY_ADDRESS") or "local"
