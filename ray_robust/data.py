@@ -28,6 +28,9 @@ from ._validation import check_choice, check_int, check_real
 SPAMBASE_URL = "https://archive.ics.uci.edu/static/public/94/spambase.zip"
 SPAMBASE_FILE = "spambase.data"
 SPAMBASE_SHAPE = (4601, 58)
+#: what :func:`read_table` reads, by file extension (anything else is read as CSV)
+TABLE_FORMATS = {".npy": "numpy array", ".npz": "numpy archive", ".parquet": "Parquet",
+                 ".pq": "Parquet"}
 
 
 def cache_dir() -> Path:
@@ -54,6 +57,10 @@ def _read_spambase(path: Path, found: str = "path") -> tuple[np.ndarray, np.ndar
     :data:`SPAMBASE_FIX`), which decides the advice of an error: a file the user named is
     never advised to be deleted."""
     fix = SPAMBASE_FIX[found]
+    kind = TABLE_FORMATS.get(path.suffix.lower())
+    if kind is not None:  # read as text it would fail with a UTF-8 decode error
+        raise ValueError(f"{path} is a {kind} file, not Spambase (a comma-separated text "
+                         f"file). {fix}")
     try:
         raw = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
     except ValueError as exc:
@@ -384,9 +391,6 @@ def make_shards(
 # ---- user data and synthetic data ----------------------------------------------------------
 
 
-#: what :func:`read_table` reads, by file extension (anything else is read as CSV)
-TABLE_FORMATS = {".npy": "numpy array", ".npz": "numpy archive", ".parquet": "Parquet",
-                 ".pq": "Parquet"}
 #: the prefix of a label given by its column position in a string: ``"#57"`` (0-based)
 POSITION_PREFIX = "#"
 

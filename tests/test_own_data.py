@@ -208,6 +208,11 @@ def test_data_path_without_label_column_never_advises_deleting_it(tmp_path, tabl
     assert proc.returncode == 2
     assert "not Spambase" in proc.stderr and "--label-column" in proc.stderr
     assert "delete" not in proc.stderr
+    array = tmp_path / "mine.npy"
+    np.save(array, table)
+    with pytest.raises(ValueError, match=r"mine.npy is a numpy array file, not Spambase") as exc:
+        load_spambase(array)  # not a UTF-8 decode error
+    assert "--label-column" in str(exc.value) and "delete" not in str(exc.value)
 
 
 def test_only_a_bad_cached_spambase_is_advised_to_be_deleted(tmp_path, table, monkeypatch):
