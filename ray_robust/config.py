@@ -35,7 +35,7 @@ from .core.attacks import ATTACKS
 from .core.models import MODELS
 from .core.schedule import Schedule, parse_schedule, schedule_spec
 from .core.shift import NORMS
-from .data import SHARDINGS, STANDARDIZE
+from .data import SHARDINGS, STANDARDIZE, label_position
 
 #: The four algorithms of Table I as (server aggregator, honest workers run WRM).
 ALGORITHMS: dict[str, tuple[str, bool]] = {
@@ -152,11 +152,15 @@ class Config:
     data_path: str | None = param(
         None, Optional(Text()), "problem",
         "Spambase file or folder; None = $RAY_ROBUST_DATA_DIR, the cache, or a download (with "
-        "label_column: your CSV file)", defines_data=True, compare=False)
+        "label_column: your data file, by extension .csv, .npy, .npz or .parquet; relative "
+        "in a study: to the study file's folder, else the working directory)",
+        defines_data=True, compare=False)
     label_column: str | None = param(
         None, Optional(Text()), "problem",
-        "train on your own CSV (data_path, with a header row): the label column's name; the "
-        "other columns are the features. None = Spambase", defines_data=True)
+        "train on your own data file (data_path): the label column's name, or '#N' for the "
+        "column at 0-based position N ('#-1': the last; for headerless CSV and .npy files; "
+        "quote it in YAML and the shell); the other columns are the features. None = Spambase",
+        defines_data=True)
 
     # ---- worker: WRM ---------------------------------------------------------------------
     wrm: bool = param(True, Boolean(), "worker",
@@ -250,10 +254,14 @@ class Config:
                         )
         if self.label_column is not None and self.data_path is None:
             raise ValueError(
-                f"The 'label_column' parameter of {owner} needs data_path, the CSV file to read "
-                f"(and must be a column name). Got label_column={self.label_column!r}, "
-                f"data_path={self.data_path!r}."
+                f"The 'label_column' parameter of {owner} needs data_path, the data file to "
+                f"read. Got label_column={self.label_column!r}, data_path={self.data_path!r}."
             )
+        if self.label_column is not None:
+            try:
+                label_position(self.label_column)
+            except ValueError as exc:
+                raise ValueError(f"The 'label_column' parameter of {owner}: {exc}") from None
         if self.epsilon is not None and self.epsilon_schedule is not None:
             raise ValueError(
                 "The 'epsilon_schedule' parameter of the config must be None when 'epsilon' is "

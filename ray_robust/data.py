@@ -5,8 +5,9 @@ https://doi.org/10.24432/C53G6X): 4601 e-mails × 57 numeric features, label 1 =
 The project ships no copy: :func:`load_spambase` reads it from a path, from
 ``$RAY_ROBUST_DATA_DIR``, from a user cache, or downloads it from UCI into that cache.
 
-Other data: :func:`load_table` reads a user's CSV file, pandas DataFrame or numpy array with a
-named label column; :func:`make_synthetic` draws seeded synthetic tasks (logistic, softmax,
+Other data: :func:`load_table` reads a user's file (CSV with or without a header row, ``.npy``,
+``.npz``, Parquet: :func:`read_table`), pandas DataFrame or numpy array, the label column given
+by name or 0-based position; :func:`make_synthetic` draws seeded synthetic tasks (logistic, softmax,
 regression, and the nonconvex 'circles'). :func:`prepare` also shards non-iid
 (``sharding='dirichlet' | 'sorted' | 'quantity'``, see :func:`make_shards`).
 """
@@ -27,6 +28,9 @@ from ._validation import check_choice, check_int, check_real
 SPAMBASE_URL = "https://archive.ics.uci.edu/static/public/94/spambase.zip"
 SPAMBASE_FILE = "spambase.data"
 SPAMBASE_SHAPE = (4601, 58)
+#: what :func:`read_table` reads, by file extension (anything else is read as CSV)
+TABLE_FORMATS = {".npy": "numpy array", ".npz": "numpy archive", ".parquet": "Parquet",
+                 ".pq": "Parquet"}
 
 
 def cache_dir() -> Path:
@@ -35,11 +39,28 @@ def cache_dir() -> Path:
     return Path(base) / "ray_robust"
 
 
-def _read_spambase(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    fix = (
-        f"Replace it with the UCI file ({SPAMBASE_URL}), or delete it so that it is downloaded "
-        "again."
-    )
+#: how a file that is not Spambase is fixed, by where it was found (:func:`load_spambase`)
+SPAMBASE_FIX = {
+    "path": "If it is your own data, it is not Spambase: name its label column with "
+            "--label-column NAME, or '#N' for the column at 0-based position N (label_column "
+            "in a config or study; quote '#N' in the shell and in YAML). For Spambase, give the "
+            f"UCI file ({SPAMBASE_URL}).",
+    "env": f"Replace it with the UCI file ({SPAMBASE_URL}), or unset RAY_ROBUST_DATA_DIR to "
+           "use the cache (downloaded when missing).",
+    "cache": f"Replace it with the UCI file ({SPAMBASE_URL}), or delete it so that it is "
+             "downloaded again.",
+}
+
+
+def _read_spambase(path: Path, found: str = "path") -> tuple[np.ndarray, np.ndarray]:
+    """Read and check Spambase at ``path``; ``found``: where it was found (a key of
+    :data:`SPAMBASE_FIX`), which decides the advice of an error: a file the user named is
+    never advised to be deleted."""
+    fix = SPAMBASE_FIX[found]
+    kind = TABLE_FORMATS.get(path.suffix.lower())
+    if kind is not None:  # read as text it would fail with a UTF-8 decode error
+        raise ValueError(f"{path} is a {kind} file, not Spambase (a comma-separated text "
+                         f"file). {fix}")
     try:
         raw = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
     except ValueError as exc:
@@ -72,12 +93,12 @@ def _download(target: Path) -> None:
 _LOADED: dict[tuple[str, float, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _read_cached(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_cached(path: Path, found: str) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_read_spambase`, parsed once per process per (file, mtime, size)."""
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime, st.st_size)
     if key not in _LOADED:
-        X, y = _read_spambase(path)
+        X, y = _read_spambase(path, found)
         X.setflags(write=False)
         y.setflags(write=False)
         _LOADED[key] = (X, y)
@@ -99,19 +120,20 @@ def load_spambase(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np
             p = p / SPAMBASE_FILE
         if not p.is_file():
             raise FileNotFoundError(
-                f"No Spambase file at {p}. Pass the path of 'spambase.data' (or of its folder)."
+                f"No Spambase file at {p}. Pass the path of 'spambase.data' (or of its folder); "
+                "for a file of your own, also name its label column (--label-column)."
             )
-        return _read_cached(p)
+        return _read_cached(p, "path")
     looked: list[str] = []
     env = os.environ.get("RAY_ROBUST_DATA_DIR")
     if env:
         p = Path(env) / SPAMBASE_FILE
         if p.is_file():
-            return _read_cached(p)
+            return _read_cached(p, "env")
         looked.append(f"{p.resolve()} (from RAY_ROBUST_DATA_DIR={env})")
     cached = cache_dir() / SPAMBASE_FILE
     if cached.is_file():
-        return _read_cached(cached)
+        return _read_cached(cached, "cache")
     looked.append(str(cached))
     try:
         _download(cached)
@@ -121,7 +143,7 @@ def load_spambase(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np
             f"{SPAMBASE_URL} failed ({type(exc).__name__}: {exc}). Set RAY_ROBUST_DATA_DIR to "
             f"a folder holding '{SPAMBASE_FILE}', or pass its path."
         ) from None
-    return _read_cached(cached)
+    return _read_cached(cached, "cache")
 
 
 @dataclass(frozen=True)
@@ -369,21 +391,172 @@ def make_shards(
 # ---- user data and synthetic data ----------------------------------------------------------
 
 
-def load_table(source, label: str | int, *, features: list | None = None):
-    """``(X, y)`` float64 from a user's table with a named label column.
+#: the prefix of a label given by its column position in a string: ``"#57"`` (0-based)
+POSITION_PREFIX = "#"
 
-    ``source``: a CSV path (with a header row), a pandas DataFrame, or a 2-D numpy array (then
-    ``label`` is a column index). ``features``: the feature columns (default: all others).
-    Raises a one-line ``ValueError`` naming the column for a missing label or feature column,
-    non-numeric values, or NaN/Inf.
+
+def label_position(label: str | int) -> int | None:
+    """The 0-based column position that ``label`` names (an int, or ``"#N"``; ``-1`` = the
+    last column), or None for a column name. ``"#"`` followed by no integer is an error."""
+    if isinstance(label, int | np.integer) and not isinstance(label, bool):
+        return int(label)
+    if isinstance(label, str) and label.startswith(POSITION_PREFIX):
+        digits = label[len(POSITION_PREFIX):]
+        try:
+            return int(digits)
+        except ValueError:
+            raise ValueError(
+                f"The label column {label!r} starts with {POSITION_PREFIX!r}, which names a "
+                f"column by its 0-based position: give an integer after it, e.g. '#57' (the "
+                f"58th column) or '#-1' (the last).") from None
+    return None
+
+
+def read_table(path: str | os.PathLike, *, header: bool | None = None):
+    """A user's data file as a pandas DataFrame, by extension:
+
+    - ``.npy``: a 2-D numeric array; its columns are named 0, 1, … (pick the label by index);
+    - ``.npz``: arrays ``X`` (2-D) and ``y`` (1-D), read as the columns 0, …, d − 1 of X and
+      a last column named ``"y"`` (the label: ``label="y"``); or a single 2-D array, read as a
+      ``.npy``;
+    - ``.parquet`` / ``.pq``: a Parquet table (needs pyarrow: ``pip install
+      "ray_robust[parquet]"``);
+    - anything else: CSV. ``header=None`` (auto) reads the first row as column names unless
+      every field in it is a number (a headerless file: columns 0, 1, …); ``True`` / ``False``
+      force it.
+
+    Numpy files are read with ``allow_pickle=False``: an object array is an error, never code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No data file at {path}. Pass the path of a CSV, .npy, .npz or "
+                                f"Parquet file.")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return _read_npy(path)
+    if suffix == ".npz":
+        return _read_npz(path)
+    if suffix in (".parquet", ".pq"):
+        return _read_parquet(path)
+    return _read_csv(path, header)
+
+
+def _csv_has_header(path: Path) -> bool:
+    """Whether the first row of a CSV holds names: some field in it is not a number."""
+    import pandas as pd
+
+    first = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+    return bool(pd.to_numeric(first.iloc[0], errors="coerce").isna().any())
+
+
+def _read_csv(path: Path, header: bool | None):
+    import pandas as pd
+
+    try:
+        if header is None:
+            header = _csv_has_header(path)
+        return pd.read_csv(path, header=0 if header else None)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path} is empty; give a CSV file with rows of data.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable CSV file ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0]}). Give a comma-separated text "
+                         "file, or a .npy / .npz / .parquet file by its extension.") from None
+
+
+def _load_numpy(path: Path):
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:  # an object array (pickled), or a file that is not .npy / .npz
+        raise ValueError(f"{path} is not a numeric numpy file ({exc}); save a numeric array with "
+                         "numpy.save / numpy.savez (no objects, no pickle).") from None
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path} is not a readable numpy file ({type(exc).__name__}: {exc}).") \
+            from None
+
+
+def _frame_of_array(array: np.ndarray, path: Path, what: str):
+    import pandas as pd
+
+    if array.ndim != 2:
+        raise ValueError(f"{path}: {what} must be 2-D (rows × columns). Got shape "
+                         f"{array.shape}.")
+    return pd.DataFrame(array)
+
+
+def _read_npy(path: Path):
+    return _frame_of_array(_load_numpy(path), path, "the array")
+
+
+def _read_npz(path: Path):
+    with _load_numpy(path) as archive:
+        names = list(archive.files)
+        if {"X", "y"} <= set(names):
+            X, y = archive["X"], archive["y"]
+            df = _frame_of_array(X, path, "the array 'X'")
+            if y.ndim != 1 or y.shape[0] != X.shape[0]:
+                raise ValueError(f"{path}: 'y' must be 1-D with one label per row of 'X' "
+                                 f"({X.shape[0]}). Got shape {y.shape}.")
+            return df.assign(y=y)
+        if len(names) == 1:
+            return _frame_of_array(archive[names[0]], path, f"the array {names[0]!r}")
+    raise ValueError(f"{path} holds the arrays {names}; an .npz file must hold 'X' and 'y' "
+                     "(numpy.savez(path, X=X, y=y)), or a single 2-D array.")
+
+
+class MissingExtraError(ImportError, ValueError):
+    """An optional dependency is not installed (an ImportError that the CLI reports, like
+    any bad input, in one line)."""
+
+
+def _read_parquet(path: Path):
+    import pandas as pd
+
+    try:
+        import pyarrow  # noqa: F401 (pandas' Parquet engine)
+    except ImportError:
+        raise MissingExtraError(f"Reading the Parquet file {path} needs pyarrow: pip install "
+                                '"ray_robust[parquet]" (or pip install pyarrow).') from None
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow's errors (ArrowInvalid, ...) are not ValueErrors
+        raise ValueError(f"{path} is not a readable Parquet file ({type(exc).__name__}: "
+                         f"{exc}).") from None
+
+
+def _label_key(df, label: str | int):
+    """The column of ``df`` that ``label`` names (a name, an int position or ``"#N"``)."""
+    position = label_position(label)
+    columns = list(df.columns)
+    if position is not None and not (isinstance(label, int) and label in columns):
+        if not -len(columns) <= position < len(columns):
+            raise ValueError(f"The label column {label!r} is position {position}, but the data "
+                             f"has {len(columns)} columns (positions 0 to {len(columns) - 1}, or "
+                             f"-1 for the last).")
+        return columns[position]
+    if label not in columns and all(isinstance(c, int) for c in columns):
+        raise ValueError(f"The label column {label!r} is not in the data, which has no column "
+                         f"names (a headerless file: its first row is all numbers). Name the "
+                         f"label by its 0-based position: label=57, or label_column '#57' "
+                         f"({len(columns)} columns).")
+    return label
+
+
+def load_table(source, label: str | int, *, features: list | None = None,
+               header: bool | None = None):
+    """``(X, y)`` float64 from a user's table, the label column given by name or position.
+
+    ``source``: a file path (CSV, with or without a header row, ``.npy``, ``.npz`` or Parquet:
+    see :func:`read_table`, which ``header`` is passed to), a pandas DataFrame, or a 2-D numpy
+    array. ``label``: a column name, or its 0-based position as an int or a string ``"#N"``
+    (``-1`` / ``"#-1"``: the last column). ``features``: the feature columns (default: all
+    others). Raises a one-line ``ValueError`` naming the column for a missing label or feature
+    column, non-numeric values, or NaN/Inf.
     """
     import pandas as pd
 
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"No data file at {path}. Pass the path of a CSV file.")
-        df = pd.read_csv(path)
+        df = read_table(source, header=header)
     elif isinstance(source, pd.DataFrame):
         df = source
     elif isinstance(source, np.ndarray):
@@ -392,8 +565,9 @@ def load_table(source, label: str | int, *, features: list | None = None):
                              f"{source.shape}.")
         df = pd.DataFrame(source)
     else:
-        raise ValueError(f"The data source must be a CSV path, a pandas DataFrame or a 2-D numpy "
-                         f"array. Got {type(source).__name__}.")
+        raise ValueError(f"The data source must be a file path, a pandas DataFrame or a 2-D "
+                         f"numpy array. Got {type(source).__name__}.")
+    label = _label_key(df, label)
     columns = list(df.columns)
     if label not in columns:
         raise ValueError(f"The label column {label!r} is not in the data. Columns: {columns}.")

@@ -3,6 +3,7 @@ mean ± sd over seeds, laid out like the paper's Figures 1–4."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,12 @@ PRETTY = {
     "test_error": "clean test error", "test_error_shifted": "test error under shift",
     "train_loss": "train loss",
 }
+
+
+#: per hue of a line plot: marker and line style (a hue's line differs from every other's)
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)),
+              (0, (3, 1, 3, 1, 1, 1)))
 
 
 def _label(value: Any, column: str | None, labels: Mapping | None) -> str:
@@ -65,15 +72,28 @@ def _order(values: pd.Series) -> list:
 
 def draw_study(study, summary: pd.DataFrame, path: str | Path) -> Path:
     """Draw ``summary`` (from :func:`ray_robust.studies.aggregate`) as ``study.plot`` says."""
+    fig = study_figure(study, summary)
+    return _save(fig, path, dpi=130 if study.plot.get("kind") == "heatmap" else 120)
+
+
+def _save(fig, path: str | Path, dpi: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def study_figure(study, summary: pd.DataFrame):
+    """The :class:`~matplotlib.figure.Figure` of :func:`draw_study` (not saved)."""
     # A bare Figure (no pyplot): drawing a study never switches the caller's backend, so a
     # notebook's inline plots keep working after run_study().
     from matplotlib.figure import Figure
 
     spec = dict(study.plot) or {"x": study.axes[0] if study.axes else "seed"}
     if spec.get("kind") == "heatmap":
-        return draw_heatmaps(summary, path, x=spec["x"], y=spec["hue"], row=spec.get("row"),
-                             col=spec.get("col"), title=spec.get("title") or study.name,
-                             label=spec.get("ylabel") or "mean over seeds")
+        return heatmap_figure(summary, x=spec["x"], y=spec["hue"], row=spec.get("row"),
+                              col=spec.get("col"), title=spec.get("title") or study.name,
+                              label=spec.get("ylabel") or "mean over seeds")
     x, hue = spec["x"], spec.get("hue")
     rows_key, cols_key = spec.get("row"), spec.get("col")
     row_vals = _order(summary[rows_key]) if rows_key else [None]
@@ -109,10 +129,8 @@ def draw_study(study, summary: pd.DataFrame, path: str | Path) -> Path:
     fig.suptitle(f"{title}\n(mean ± sd over {n_seeds} seed{'s' if n_seeds != 1 else ''})",
                  fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    _fit_tick_labels(fig)
+    return fig
 
 
 def _draw_panel(ax, part: pd.DataFrame, spec: dict, x: str, hue: str | None) -> None:
@@ -130,29 +148,66 @@ def _draw_panel(ax, part: pd.DataFrame, spec: dict, x: str, hue: str | None) -> 
                    label=_label(hv, hue, labels) if hue else None)
         ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs])
     else:
-        for hv in hue_vals:
+        for k, hv in enumerate(hue_vals):
             sub = part[part[hue] == hv] if hue else part
             sub = sub.sort_values(x)
             xs, mean, sd = sub[x].to_numpy(float), sub["mean"].to_numpy(), sub["sd"].fillna(0)
             label = _label(hv, hue, labels) if hue else None
             if reduce and label is not None:
                 label += f" (worse of {PRETTY.get(reduce['over'], reduce['over'])})"
-            line = ax.plot(xs, mean, marker="o", ms=4, label=label)[0]
+            # each hue its own marker and dash, markers open and shrinking: a line lying on
+            # another (two algorithms that collapse alike) still shows through
+            line = ax.plot(xs, mean, marker=MARKERS[k % len(MARKERS)],
+                           ls=LINESTYLES[k % len(LINESTYLES)], ms=7 - 4 * k / len(hue_vals),
+                           mfc="none", mew=1.2, label=label)[0]
             ax.fill_between(xs, mean - sd.to_numpy(), mean + sd.to_numpy(), alpha=0.12,
                             color=line.get_color(), lw=0)
         if spec.get("logx"):
             ax.set_xscale("log")
-    lo, hi = ax.get_xlim()
-    for v in spec.get("vlines") or ():
-        pos, text = (v["x"], v.get("label")) if isinstance(v, Mapping) else (v, None)
-        pad = 0.04 * (hi - lo)
-        ax.set_xlim(min(lo, float(pos) - pad), max(hi, float(pos) + pad))
-        ax.axvline(float(pos), color="grey", ls="--", lw=1)
+    vlines = [(float(v["x"]), v.get("label")) if isinstance(v, Mapping) else (float(v), None)
+              for v in spec.get("vlines") or ()]
+    if vlines:
+        _fit_xlim(ax, [pos for pos, _ in vlines], log=bool(spec.get("logx")))
+    for pos, text in vlines:
+        ax.axvline(pos, color="grey", ls="--", lw=1)
         if text:
-            ax.annotate(str(text), (float(pos), 0.5), xycoords=("data", "axes fraction"),
+            ax.annotate(str(text), (pos, 0.5), xycoords=("data", "axes fraction"),
                         xytext=(-3, 0), textcoords="offset points", fontsize=8, color="grey",
                         rotation=90, ha="right", va="center")
     ax.grid(alpha=0.3)
+
+
+def _fit_xlim(ax, positions: list[float], *, log: bool, pad: float = 0.06) -> None:
+    """Widen the x-limits to hold every marker at ``positions`` with ``pad`` of the span free
+    beside it (in log space on a log axis), so each marker and its label lie inside the axes."""
+    to, back = (np.log10, lambda v: 10.0 ** v) if log else (float, float)
+    lo, hi = (to(v) for v in ax.get_xlim())
+    marks = [to(p) for p in positions if p > 0 or not log]
+    if not marks:
+        return
+    margin = pad * (max(hi, *marks) - min(lo, *marks))
+    ax.set_xlim(back(min(lo, min(marks) - margin)), back(max(hi, max(marks) + margin)))
+
+
+def _fit_tick_labels(fig) -> None:
+    """Tilt an axes' x tick labels by 30° where, laid out flat, two of them would stand closer
+    than half an em (long category names under bars), then lay the figure out again."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    tilted = False
+    for ax in fig.axes:
+        labels = [t for t in ax.get_xticklabels() if t.get_text().strip()]
+        boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+        gap = 0.5 * max((t.get_fontsize() for t in labels), default=0) * fig.dpi / 72
+        if any(b.x0 - a.x1 < gap for a, b in itertools.pairwise(boxes)):
+            ax.tick_params(axis="x", labelrotation=30)
+            for t in ax.get_xticklabels():
+                t.set_horizontalalignment("right")
+                t.set_rotation_mode("anchor")
+            tilted = True
+    if tilted:
+        fig.tight_layout()
 
 
 def draw_heatmaps(summary: pd.DataFrame, path: str | Path, *, x: str, y: str,
@@ -160,6 +215,13 @@ def draw_heatmaps(summary: pd.DataFrame, path: str | Path, *, x: str, y: str,
                   label: str = "mean over seeds") -> Path:
     """One heatmap per (row, col) panel: ``y`` down, ``x`` across, the seed-mean in each cell,
     one colour scale for all panels (``plot: {kind: heatmap, x: …, hue: …}`` in a study)."""
+    fig = heatmap_figure(summary, x=x, y=y, row=row, col=col, title=title, label=label)
+    return _save(fig, path, dpi=130)
+
+
+def heatmap_figure(summary: pd.DataFrame, *, x: str, y: str, row: str | None = None,
+                   col: str | None = None, title: str = "", label: str = "mean over seeds"):
+    """The :class:`~matplotlib.figure.Figure` of :func:`draw_heatmaps` (not saved)."""
     from matplotlib.figure import Figure
 
     row_vals = _order(summary[row]) if row else [None]
@@ -197,7 +259,4 @@ def draw_heatmaps(summary: pd.DataFrame, path: str | Path, *, x: str, y: str,
     n_seeds = int(summary["n_seeds"].max()) if "n_seeds" in summary and len(summary) else 0
     fig.suptitle(f"{title}\n(mean over {n_seeds} seed{'s' if n_seeds != 1 else ''})"
                  if n_seeds else title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    return path
+    return fig

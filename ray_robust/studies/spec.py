@@ -3,7 +3,8 @@
 A study file (``tune_configs/*.yaml``) holds
 
 - ``param_space``: fixed values and ``{grid_search: [...]}`` axes over :class:`Config` fields,
-  ``algorithm`` and the trial keys of :data:`TRIAL_KEYS` (seeds are a grid axis);
+  ``algorithm`` and the trial keys of :data:`TRIAL_KEYS` (seeds are a grid axis); a relative
+  ``data_path`` is made absolute at load (:func:`resolve_data_path`);
 - ``metric`` / ``mode``: what Tune ranks trials by (``error`` = the final test error under the
   trial's shift);
 - ``quick``: overrides for a cheap run (tests, ``--quick``);
@@ -148,6 +149,9 @@ def load_study(source: str | os.PathLike | Mapping, quick: bool = False) -> Stud
         _check_space(dict(extra), where, "quick.param_space")
         space.update(extra)
         plot.update(overrides.get("plot") or {})
+    if "data_path" in space:
+        folder = None if where == "<dict>" else Path(where).resolve().parent
+        space["data_path"] = _resolve_data_paths(space["data_path"], folder)
     name = raw.get("name") or (Path(where).stem if where != "<dict>" else "study")
     if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
         raise _study_error(where, f"'name' must be letters, digits, '_' or '-'. Got {name!r}.")
@@ -163,6 +167,27 @@ def load_study(source: str | os.PathLike | Mapping, quick: bool = False) -> Stud
                   max_failures=retries)
     _check_study(study, where)
     return study
+
+
+def resolve_data_path(value: Any, study_folder: Path | None) -> Any:
+    """A relative ``data_path`` made absolute before any trial runs (trials run in other
+    working directories): against the study file's folder when it is there, else against the
+    working directory. Anything but a relative path string is returned as given."""
+    if not isinstance(value, str) or not value:
+        return value
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    if study_folder is not None and (study_folder / path).exists():
+        return str(study_folder / path)
+    return str(Path.cwd() / path)
+
+
+def _resolve_data_paths(value: Any, study_folder: Path | None) -> Any:
+    if _is_grid(value) and isinstance(value["grid_search"], list):
+        return {"grid_search": [resolve_data_path(v, study_folder)
+                                for v in value["grid_search"]]}
+    return resolve_data_path(value, study_folder)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
