@@ -69,6 +69,10 @@ def aggregate(tidy_df: pd.DataFrame, study: Study, y: str | None = None) -> pd.D
     for k in keys:  # lists/dicts are not hashable: group by their text
         if df[k].map(lambda v: isinstance(v, list | dict)).any():
             df[k] = df[k].map(str)
+    if not keys:  # only seeds vary: one row over all of them
+        col = df[y]
+        return pd.DataFrame({"y": [y], "mean": [col.mean()], "sd": [col.std(ddof=1)],
+                             "n_seeds": [col.size]})
     g = df.groupby(keys, dropna=False, sort=True)[y]
     out = pd.DataFrame({"mean": g.mean(), "sd": g.std(ddof=1), "n_seeds": g.size()})
     out = out.reset_index()
