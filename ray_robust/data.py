@@ -248,14 +248,14 @@ def encode_labels(y, model: str, *, n_classes: int = 2, where: str = "the labels
     if classes.size > k:
         fix = (f"use model='softmax' with n_classes={classes.size}" if model in BINARY_MODELS
                else f"set n_classes={classes.size}")
-        raise ValueError(f"The '{model}' model takes at most {k} label values; {where} have "
-                         f"{classes.size}: {classes[:6].tolist()}{' …' if classes.size > 6 else ''}"
-                         f". {fix.capitalize()}.")
+        raise ValueError(f"The '{model}' model takes at most {k} label values; found "
+                         f"{classes.size} in {where}: {classes[:6].tolist()}"
+                         f"{' …' if classes.size > 6 else ''}. {fix.capitalize()}.")
     if np.issubdtype(classes.dtype, np.integer) and classes.min() >= 0 and classes.max() < k:
         classes = np.arange(k, dtype=classes.dtype)  # already codes: kept as they are
     elif classes.size < k:
-        raise ValueError(f"The '{model}' model needs {k} label values; {where} have only "
-                         f"{classes.size}: {classes.tolist()}.")
+        raise ValueError(f"The '{model}' model needs {k} label values; found only "
+                         f"{classes.size} in {where}: {classes.tolist()}.")
     encoding = LabelEncoding(classes)
     return encoding.encode(y), encoding
 
