@@ -340,3 +340,25 @@ def test_robust_classifier_same_seed_same_theta_and_a_dataframe_by_name():
     assert not np.array_equal(a.model_.theta, c.model_.theta)
     with pytest.raises(ValueError, match="at least 2 classes"):
         RobustClassifier(n_workers=5).fit(X, np.zeros(300))
+
+
+def test_robust_classifier_on_the_ray_engine_gives_the_local_theta(ray_session):
+    from ray_robust import RobustClassifier
+
+    X, y = make_synthetic(200, 3, seed=5)
+    local = RobustClassifier(n_workers=4, rounds=10, alpha=0.25, attack="aggressive").fit(X, y)
+    on_ray = RobustClassifier(n_workers=4, rounds=10, alpha=0.25, attack="aggressive",
+                              engine="ray").fit(X, y)
+    np.testing.assert_array_equal(on_ray.model_.theta, local.model_.theta)
+    np.testing.assert_array_equal(on_ray.predict(X), local.predict(X))
+
+
+def test_load_table_reads_a_text_label_column_and_the_feature_names():
+    from ray_robust import load_table
+
+    df = pd.DataFrame({"a": [1.0, 2.0, 3.0], "label": ["spam", "ham", "spam"], "b": [0, 1, 2]})
+    X, y, names = load_table(df, label="label", with_names=True)
+    assert y.tolist() == ["spam", "ham", "spam"] and names == ("a", "b")
+    np.testing.assert_array_equal(X, [[1, 0], [2, 1], [3, 2]])
+    with pytest.raises(ValueError, match="label column 'label' has missing values"):
+        load_table(df.assign(label=["spam", None, "ham"]), label="label")
