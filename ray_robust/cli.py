@@ -190,7 +190,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         out.to_csv(args.out, index=False)
         _say(f"wrote {len(out)} predictions to {args.out}")
     else:
-        out.to_csv(sys.stdout, index=False)
+        try:
+            out.to_csv(sys.stdout, index=False)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `… | head`: the reader stopped early, not an error
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -40,7 +40,8 @@ class RobustClassifier(ClassifierMixin, BaseEstimator):
     model) or 'none'; ``sharding``: the split over workers; ``engine``: 'local' or 'ray';
     ``random_state``: the run's seed (an int: the same fit gives the same θ, on either
     engine); ``options``: any other :class:`ray_robust.Config` field as a dict (e.g.
-    ``{"shift_norm": "l2", "shift_eps": 0.1}``); by default only the last round is evaluated.
+    ``{"shift_norm": "l2", "shift_eps": 0.1}``); by default only the last round is evaluated;
+    ``engine_options``: keywords of the Ray engine (``address``, ``actors``, ...).
 
     Labels may be any values (numbers or strings): ``classes_`` is ``np.unique(y)``, and
     ``predict`` returns them. After ``fit``: ``model_`` (the :class:`FittedModel`, with
@@ -57,7 +58,8 @@ class RobustClassifier(ClassifierMixin, BaseEstimator):
                  attack: str = "none", n_workers: int = 20, engine: str = "local",
                  rounds: int = 300, lam: float = 3.0, eta: float = 1.0, model: str = "auto",
                  hidden: int = 16, standardize: str = "zscore", sharding: str = "iid",
-                 random_state: int = 0, options: dict | None = None):
+                 random_state: int = 0, options: dict | None = None,
+                 engine_options: dict | None = None):
         self.algorithm = algorithm
         self.alpha = alpha
         self.attack = attack
@@ -72,6 +74,7 @@ class RobustClassifier(ClassifierMixin, BaseEstimator):
         self.sharding = sharding
         self.random_state = random_state
         self.options = options
+        self.engine_options = engine_options
 
     def _config(self, n_classes: int) -> Config:
         model = self.model
@@ -110,7 +113,8 @@ class RobustClassifier(ClassifierMixin, BaseEstimator):
         problem = dataclasses.replace(
             problem, labels=labels,
             feature_names=None if names is None else tuple(str(n) for n in names))
-        self.history_ = train(cfg, engine=self.engine, problem=problem)
+        self.history_ = train(cfg, engine=self.engine, problem=problem,
+                              **(self.engine_options or {}))
         self.model_: FittedModel = self.history_.model
         self.classes_ = classes
         return self

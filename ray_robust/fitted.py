@@ -57,9 +57,14 @@ class FittedModel:
         """The model ``config`` trained to ``theta`` on ``problem`` (its preprocessing)."""
         options = {k: v for k, v in config.model_options().items()
                    if k in MODEL_OPTIONS.get(config.model, ())}
+        labels = problem.labels
+        if labels is None and config.model in (*BINARY_MODELS, "softmax"):
+            # labels given as codes (``train`` checked them): 0 ↔ 0, …, K − 1 ↔ K − 1
+            k = 2 if config.model in BINARY_MODELS else config.n_classes
+            labels = LabelEncoding(np.arange(k))
         return cls(np.array(theta, dtype=np.float64), config.model, options,
                    int(problem.X_train.shape[1]), problem.scaler, problem.feature_names,
-                   problem.labels, config.to_dict())
+                   labels, config.to_dict())
 
     def __repr__(self) -> str:
         scaled = "z-scored" if self.scaler is not None else "raw"

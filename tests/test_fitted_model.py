@@ -362,3 +362,21 @@ def test_load_table_reads_a_text_label_column_and_the_feature_names():
     np.testing.assert_array_equal(X, [[1, 0], [2, 1], [3, 2]])
     with pytest.raises(ValueError, match="label column 'label' has missing values"):
         load_table(df.assign(label=["spam", None, "ham"]), label="label")
+
+
+def test_a_problem_built_by_hand_gives_a_model_with_identity_labels_and_least_squares_none(
+        tmp_path):
+    X, y = make_synthetic(300, 3, seed=6)
+    hist = train(Config(n_workers=5, rounds=20), problem=prepare(X * 10 + 1, y, n_workers=5))
+    assert hist.model.classes.tolist() == [0, 1] and hist.model.feature_names is None
+    assert hist.model.score(X * 10 + 1, y) > 0.8  # the raw rows: its scaler standardizes
+    X, t = make_synthetic(300, 3, task="regression", seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg = train(Config(model="least_squares", n_workers=5, rounds=50, eta=0.5),
+                    problem=prepare(X, t, n_workers=5)).model
+    assert reg.classes is None and reg.score(X, t) > 0.9  # R²
+    again = load_model(reg.save(tmp_path / "reg"))
+    np.testing.assert_array_equal(again.predict(X), reg.predict(X))
+    with pytest.raises(ValueError, match="regression: it has no class probabilities"):
+        reg.predict_proba(X)
