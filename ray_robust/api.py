@@ -7,6 +7,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from ._validation import check_int
 from .algorithm import History, RunState
 from .checkpoint import load_checkpoint, lock_checkpoint_dir, save_checkpoint
@@ -51,7 +53,9 @@ def load_problem(config: Config) -> Problem:
     """
     names = None
     if config.label_column is not None:
-        X, y, names = load_table(config.data_path, label=config.label_column, with_names=True)
+        X, y, columns = load_table(config.data_path, label=config.label_column, with_names=True)
+        if not all(isinstance(c, int | np.integer) for c in columns):  # else positional
+            names = tuple(str(c) for c in columns)
         where = f"the column {config.label_column!r} of {config.data_path}"
     else:
         X, y = load_spambase(config.data_path)

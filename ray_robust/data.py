@@ -532,7 +532,7 @@ def make_shards(
 def load_table(source, label: str | int, *, features: list | None = None,
                with_names: bool = False):
     """``(X, y)`` from a user's table with a named label column (``with_names``: ``(X, y,
-    feature_names)``).
+    features)``, the feature columns' labels).
 
     ``source``: a CSV path (with a header row), a pandas DataFrame, or a 2-D numpy array (then
     ``label`` is a column index). ``features``: the feature columns (default: all others).
@@ -594,7 +594,7 @@ def load_table(source, label: str | int, *, features: list | None = None,
         out.append(arr)
     y = out[1][:, 0] if text_labels is None else text_labels
     if with_names:
-        return out[0], y, tuple(str(c) for c in feats)
+        return out[0], y, tuple(feats)
     return out[0], y
 
 

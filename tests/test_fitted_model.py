@@ -359,6 +359,7 @@ def test_load_table_reads_a_text_label_column_and_the_feature_names():
     df = pd.DataFrame({"a": [1.0, 2.0, 3.0], "label": ["spam", "ham", "spam"], "b": [0, 1, 2]})
     X, y, names = load_table(df, label="label", with_names=True)
     assert y.tolist() == ["spam", "ham", "spam"] and names == ("a", "b")
+    assert load_table(np.eye(3), label=2, with_names=True)[2] == (0, 1)  # positional
     np.testing.assert_array_equal(X, [[1, 0], [2, 1], [3, 2]])
     with pytest.raises(ValueError, match="label column 'label' has missing values"):
         load_table(df.assign(label=["spam", None, "ham"]), label="label")
