@@ -32,6 +32,10 @@ _EXPORTS: dict[str, str] = {
     "load_spambase": "data",
     "load_table": "data",
     "prepare": "data",
+    "encode_labels": "data",
+    "RobustClassifier": "estimator",
+    "FittedModel": "fitted",
+    "load_model": "fitted",
     "RayTrainer": "engines.ray_engine",
     "ENVIRONMENTS": "reproduce",
     "PAPER_TABLE1": "reproduce",
@@ -45,11 +49,15 @@ __all__ = [
     "AggregationError",
     "Config",
     "DivergenceError",
+    "FittedModel",
     "GuaranteeWarning",
     "History",
     "Problem",
     "RayTrainer",
+    "RobustClassifier",
     "Shards",
+    "encode_labels",
+    "load_model",
     "load_problem",
     "load_spambase",
     "load_table",
@@ -68,8 +76,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .api import load_problem, resume, train
     from .config import ALGORITHMS, Config, GuaranteeWarning
     from .core.aggregators import AggregationError, mean, nbs
-    from .data import Problem, Shards, load_spambase, load_table, prepare
+    from .data import Problem, Shards, encode_labels, load_spambase, load_table, prepare
     from .engines.ray_engine import RayTrainer
+    from .estimator import RobustClassifier
+    from .fitted import FittedModel, load_model
     from .reproduce import ENVIRONMENTS, PAPER_TABLE1, run_table1, summarize_table1
 
 

@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,9 @@ from .core.wrm import local_gradients, local_gradients_certified
 from .data import Problem, Shards
 from .messages import count_overflowed, validate_messages  # also importable from here
 from .seeds import SeedStreams
+
+if TYPE_CHECKING:
+    from .fitted import FittedModel
 
 METRICS = (
     "round", "train_loss", "test_error", "test_error_shifted", "grad_norm", "n_screened",
@@ -93,6 +96,8 @@ class History:
     config: Config
     byzantine: np.ndarray
     seconds: float = 0.0
+    #: θ with the preprocessing it was trained with, for raw new data (set by ``train``)
+    model: FittedModel | None = None
 
     @property
     def final(self) -> dict[str, float]:

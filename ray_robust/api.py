@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +13,9 @@ from ._validation import check_int
 from .algorithm import History, RunState
 from .checkpoint import load_checkpoint, lock_checkpoint_dir, save_checkpoint
 from .config import Config
-from .data import Problem, load_spambase, load_table, prepare
+from .data import Problem, check_model_labels, encode_labels, load_spambase, load_table, prepare
 from .engines import ENGINES
+from .fitted import FittedModel
 from .seeds import SeedStreams
 
 
@@ -42,26 +44,29 @@ def check_output_dir(folder: str | os.PathLike, name: str) -> Path:
 def load_problem(config: Config) -> Problem:
     """Spambase split, standardized and sharded as ``config`` says (seeded by ``config.seed``).
 
-    With ``config.label_column`` the data is the user's CSV at ``config.data_path`` instead.
-    Runs that differ only in algorithm, attack or shift share one problem: build it once.
+    With ``config.label_column`` the data is the user's CSV at ``config.data_path`` instead;
+    its labels may be any two values (−1/+1, 1/2, strings) for the binary models, or K values
+    for softmax: they are encoded (:func:`ray_robust.data.encode_labels`), and the encoding,
+    the feature names and the standardization are kept on the problem (and so in the
+    trained model, ``History.model``). Runs that differ only in algorithm, attack or shift
+    share one problem: build it once.
     """
+    names = None
     if config.label_column is not None:
-        X, y = load_table(config.data_path, label=config.label_column)
-        binary = config.model in ("logistic", "mlp")
-        if binary and not np.isin(y, (0.0, 1.0)).all():
-            odd = sorted({float(v) for v in y[~np.isin(y, (0.0, 1.0))]})[:5]
-            raise ValueError(
-                f"The '{config.model}' model needs labels 0 or 1 in the column "
-                f"{config.label_column!r} of {config.data_path}. Got also {odd}; recode the "
-                f"labels, or use model='softmax' (labels 0, …, K − 1) or 'least_squares'."
-            )
+        X, y, columns = load_table(config.data_path, label=config.label_column, with_names=True)
+        if not all(isinstance(c, int | np.integer) for c in columns):  # else positional
+            names = tuple(str(c) for c in columns)
+        where = f"the column {config.label_column!r} of {config.data_path}"
     else:
         X, y = load_spambase(config.data_path)
-    return prepare(
+        where = "Spambase's labels"
+    y, labels = encode_labels(y, config.model, n_classes=config.n_classes, where=where)
+    problem = prepare(
         X, y, n_workers=config.n_workers, train_fraction=config.train_fraction,
         standardize=config.standardize, seed=SeedStreams(config.seed).data,
         sharding=config.sharding, dirichlet_alpha=config.dirichlet_alpha,
     )
+    return dataclasses.replace(problem, feature_names=names, labels=labels)
 
 
 def train(
@@ -112,6 +117,16 @@ def _train(config: Config, problem: Problem | None, engine: str, progress, progr
            checkpoint_dir, state: RunState | None, engine_options: dict) -> History:
     if problem is None:
         problem = load_problem(config)
+    for labels in (problem.y_train, problem.y_test):  # −1/+1 would train, silently, to chance
+        check_model_labels(labels, config.model)
+    hist = _run_engine(config, problem, engine, progress, progress_every, checkpoint_dir, state,
+                       engine_options)
+    hist.model = FittedModel.from_problem(config, problem, hist.theta)
+    return hist
+
+
+def _run_engine(config: Config, problem: Problem, engine: str, progress, progress_every: int,
+                checkpoint_dir, state: RunState | None, engine_options: dict) -> History:
     if state is not None:
         engine_options["state"] = state
     if engine == "local":

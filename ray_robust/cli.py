@@ -1,4 +1,5 @@
-"""The ``ray-robust`` command line: ``train`` one configuration, ``reproduce table1``.
+"""The ``ray-robust`` command line: ``train`` one configuration, ``predict`` with its saved
+model, ``reproduce table1``.
 
 Bad input (and a diverging run: eta too large) prints one line ``ray-robust: error: …`` and
 exits with status 2 (no traceback); a run that fails (more faults than the aggregator
@@ -153,6 +154,46 @@ def _summarize(hist, args: argparse.Namespace) -> int:
 
         np.save(out / "theta.npy", hist.theta)
         _say(f"wrote {out / 'metrics.csv'} and {out / 'theta.npy'}")
+        hist.model.save(out)
+        _say(f"wrote the model to {out} (model.json, model.npz): "
+             f"ray-robust predict --model {out} --data NEW.csv")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict the rows of a data file (CSV, .npy, .npz, Parquet) with a saved model: the
+    label (and, for a classifier, each class's probability) per row, as CSV to ``--out`` or to
+    stdout."""
+    import pandas as pd
+
+    from .api import check_output_dir
+    from .data import read_table
+    from .fitted import load_model
+
+    if args.out:
+        if Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out} is a folder; give the path of the CSV file to "
+                             "write.")
+        check_output_dir(Path(args.out).parent, "--out")
+    model = load_model(args.model)
+    # named features: a header row; positional (e.g. Spambase): none; .npy/.npz/Parquet too
+    table = read_table(args.data, header=None if model.feature_names is None else True)
+    out = pd.DataFrame({"prediction": model.predict(table)})
+    if model.is_classifier:
+        proba = model.predict_proba(table)
+        for k, label in enumerate(model.classes):
+            out[f"proba_{label}"] = proba[:, k]
+    if args.out:
+        out.to_csv(args.out, index=False)
+        _say(f"wrote {len(out)} predictions to {args.out}")
+    else:
+        try:
+            out.to_csv(sys.stdout, index=False)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `… | head`: the reader stopped early, not an error
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -216,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_train = sub.add_parser("train", help="run one configuration and print a summary")
     p_train.add_argument("--config", help="YAML file of config parameters (flags override it)")
     p_train.add_argument("--progress", type=int, default=50, help="print every N rounds")
-    p_train.add_argument("--out", help="folder for metrics.csv and theta.npy")
+    p_train.add_argument("--out", help="folder for metrics.csv, theta.npy and the model "
+                         "(model.json, model.npz; see `predict`)")
     p_train.add_argument("--checkpoint-dir", default=None,
                          help="write a checkpoint (θ, round, RNG states, history) here")
     p_train.add_argument("--checkpoint-every", type=int, default=50,
@@ -226,6 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_flags(p_train)
     _add_config_flags(p_train)
     p_train.set_defaults(func=cmd_train)
+
+    p_pred = sub.add_parser("predict", help="predict new rows with a model saved by "
+                                            "`train --out`")
+    p_pred.add_argument("--model", required=True, metavar="DIR",
+                        help="the folder written by `ray-robust train --out DIR`")
+    p_pred.add_argument("--data", required=True, metavar="CSV",
+                        help="rows to predict: the training feature columns by name (other "
+                             "columns are ignored); Spambase models: 57 columns, no header")
+    p_pred.add_argument("--out", default=None, metavar="CSV",
+                        help="write the predictions here (default: stdout)")
+    p_pred.set_defaults(func=cmd_predict)
 
     p_rep = sub.add_parser("reproduce", help="reproduce a result of the paper")
     p_rep.add_argument("what", choices=["table1"])

@@ -181,14 +181,137 @@ class Shards:
 
 
 @dataclass(frozen=True)
+class Scaler:
+    """The z-score standardization fitted on training data: x ↦ (x − mean)/scale.
+
+    ``scale`` is the training standard deviation, 1 for constant features (left centred).
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, X: np.ndarray) -> Scaler:
+        """The statistics of ``X`` (training rows); a clear error when they overflow."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            mu, sd = X.mean(axis=0), X.std(axis=0)
+        bad = np.flatnonzero(~(np.isfinite(mu) & np.isfinite(sd)))
+        if bad.size:
+            raise ValueError(
+                f"Feature column(s) {bad[:5].tolist()} are too large to standardize (their mean "
+                f"or standard deviation overflows float64). Rescale those columns, or use "
+                f"standardize='none'."
+            )
+        return cls(mu, np.where(sd > 0, sd, 1.0))
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mean) / self.scale
+
+
+@dataclass(frozen=True)
+class LabelEncoding:
+    """The original label values ↔ the codes a model trains on: ``classes[k]`` ↔ k.
+
+    Built by :func:`encode_labels`; ``classes`` keeps the original values' dtype (numbers or
+    strings), so :meth:`decode` gives predictions back in the user's values.
+    """
+
+    classes: np.ndarray
+
+    def encode(self, y) -> np.ndarray:
+        """Codes 0, …, K − 1 (float64) of labels ``y``; a clear error for an unseen value."""
+        y = np.asarray(y)
+        codes = np.searchsorted(self.classes, y)
+        codes = np.minimum(codes, self.classes.size - 1)
+        unseen = self.classes[codes] != y
+        if np.any(unseen):
+            raise ValueError(f"Label value(s) {np.unique(y[unseen])[:5].tolist()} were not seen "
+                             f"in training; the classes are {self.classes.tolist()}.")
+        return codes.astype(np.float64)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """The original label values of integer ``codes``."""
+        return self.classes[np.asarray(codes, dtype=np.int64)]
+
+
+#: the models that train on labels 0/1, and the one on 0, …, K − 1
+BINARY_MODELS = ("logistic", "mlp")
+
+
+def encode_labels(y, model: str, *, n_classes: int = 2, where: str = "the labels"
+                  ) -> tuple[np.ndarray, LabelEncoding | None]:
+    """``(codes, encoding)`` of labels in any values for ``model``.
+
+    The binary models ('logistic', 'mlp') take two values (−1/+1, 1/2, 'ham'/'spam', …):
+    the smaller (sorted) one ↦ 0, the larger ↦ 1; labels already in {0, 1} are kept as they
+    are (encoding 0 ↔ 0, 1 ↔ 1). 'softmax' takes up to ``n_classes`` = K values, sorted ↦
+    0, …, K − 1 (integer labels within 0, …, K − 1 are kept). 'least_squares' (regression)
+    has no encoding: ``(y as float64, None)``. A clear error names the values otherwise.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{where.capitalize()} must be one column (1-D). Got shape {y.shape}.")
+    if model not in (*BINARY_MODELS, "softmax"):
+        if not np.issubdtype(y.dtype, np.number) and not np.issubdtype(y.dtype, np.bool_):
+            raise ValueError(f"The '{model}' model needs numeric targets; {where} are "
+                             f"{y.dtype}.")
+        return y.astype(np.float64), None
+    if y.dtype == object:
+        if not all(isinstance(v, str) for v in y):
+            raise ValueError(f"{where.capitalize()} must be numbers or strings (one type); got "
+                             f"{sorted({type(v).__name__ for v in y})}.")
+        y = y.astype(str)
+    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+        raise ValueError(f"{where.capitalize()} contain NaN or infinite values.")
+    if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+        y = y.astype(np.int64)  # −1.0/+1.0 read from a CSV are the classes −1 and 1
+    classes = np.unique(y)
+    k = 2 if model in BINARY_MODELS else n_classes
+    if classes.size > k:
+        fix = (f"use model='softmax' with n_classes={classes.size}" if model in BINARY_MODELS
+               else f"set n_classes={classes.size}")
+        raise ValueError(f"The '{model}' model takes at most {k} label values; found "
+                         f"{classes.size} in {where}: {classes[:6].tolist()}"
+                         f"{' …' if classes.size > 6 else ''}. {fix.capitalize()}.")
+    if np.issubdtype(classes.dtype, np.integer) and classes.min() >= 0 and classes.max() < k:
+        classes = np.arange(k, dtype=classes.dtype)  # already codes: kept as they are
+    elif classes.size < k:
+        raise ValueError(f"The '{model}' model needs {k} label values; found only "
+                         f"{classes.size} in {where}: {classes.tolist()}.")
+    encoding = LabelEncoding(classes)
+    return encoding.encode(y), encoding
+
+
+def check_model_labels(y: np.ndarray, model: str, n_classes: int = 2) -> None:
+    """A clear error when the float labels ``y`` are not what ``model`` trains on (0/1 for
+    the binary models), rather than a silently mistrained run; :func:`encode_labels` fixes
+    them."""
+    if model in BINARY_MODELS and not np.isin(y, (0.0, 1.0)).all():
+        odd = np.unique(y[~np.isin(y, (0.0, 1.0))])[:5].tolist()
+        raise ValueError(
+            f"The '{model}' model needs labels 0 or 1. Got also {odd}; encode the labels first "
+            f"(ray_robust.data.encode_labels(y, {model!r}) maps any two values to 0/1), or "
+            f"train from a file with label_column, which encodes them."
+        )
+
+
+@dataclass(frozen=True)
 class Problem:
-    """Everything a run needs: the split, its standardization, and the shards."""
+    """Everything a run needs: the split, its standardization, and the shards.
+
+    ``scaler`` (None: raw features), ``feature_names`` and ``labels`` (the label encoding, None
+    when the labels are used as they are) record the preprocessing, so that the trained model
+    can be applied to raw new data (:class:`ray_robust.fitted.FittedModel`).
+    """
 
     X_train: np.ndarray
     y_train: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
     shards: Shards
+    scaler: Scaler | None = None
+    feature_names: tuple[str, ...] | None = None
+    labels: LabelEncoding | None = None
 
 
 def stratified_split(
@@ -238,7 +361,13 @@ def prepare(
     are left centred); ``'none'`` keeps raw features. The split is stratified by class when the
     labels are class labels (integer-valued, at most 100 distinct values), else uniformly
     random (regression). ``sharding`` and ``dirichlet_alpha``: see :func:`make_shards`.
+
+    Labels are used as given (numbers; the binary models need 0/1, which ``train`` checks):
+    labels in other values (−1/+1, strings) are encoded first with :func:`encode_labels`
+    (:func:`ray_robust.load_problem` does it for a user's file). The fitted standardization
+    is kept as ``Problem.scaler``.
     """
+    _check_numeric_labels(y, "prepare")
     train_fraction = check_real(
         train_fraction, "train_fraction", "prepare", low=0, high=1, low_open=True, high_open=True
     )
@@ -265,22 +394,53 @@ def prepare(
             f"({tr.size}). Got {n_workers} instead."
         )
     X_tr, X_te = X[tr], X[te]
-    if standardize == "zscore":
-        with np.errstate(over="ignore", invalid="ignore"):
-            mu, sd = X_tr.mean(axis=0), X_tr.std(axis=0)
-        bad = np.flatnonzero(~(np.isfinite(mu) & np.isfinite(sd)))
-        if bad.size:
-            raise ValueError(
-                f"Feature column(s) {bad[:5].tolist()} are too large to standardize (their mean "
-                f"or standard deviation overflows float64). Rescale those columns, or use "
-                f"standardize='none'."
-            )
-        sd = np.where(sd > 0, sd, 1.0)
-        X_tr, X_te = (X_tr - mu) / sd, (X_te - mu) / sd
+    scaler = Scaler.fit(X_tr) if standardize == "zscore" else None
+    if scaler is not None:
+        X_tr, X_te = scaler.transform(X_tr), scaler.transform(X_te)
     y_tr, y_te = y[tr].astype(np.float64), y[te].astype(np.float64)
     shards = make_shards(X_tr, y_tr, n_workers, np.random.default_rng(shard_seq),
                          sharding=sharding, dirichlet_alpha=dirichlet_alpha)
-    return Problem(X_tr, y_tr, X_te, y_te, shards)
+    return Problem(X_tr, y_tr, X_te, y_te, shards, scaler)
+
+
+def prepare_all(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_workers: int,
+    standardize: str = "zscore",
+    seed: int | np.random.SeedSequence = 0,
+    sharding: str = "iid",
+    dirichlet_alpha: float = 1.0,
+) -> Problem:
+    """As :func:`prepare`, but every sample trains (no test split: the run's "test" metrics are
+    on the training data); used by :class:`ray_robust.RobustClassifier`."""
+    _check_numeric_labels(y, "prepare_all")
+    check_choice(standardize, "standardize", "prepare_all", STANDARDIZE)
+    n_workers = check_int(n_workers, "n_workers", "prepare_all", low=1)
+    check_choice(sharding, "sharding", "prepare_all", SHARDINGS)
+    seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    if n_workers > y.size:
+        raise ValueError(
+            f"The 'n_workers' parameter must be at most the number of training samples "
+            f"({y.size}). Got {n_workers} instead; use fewer workers or more samples."
+        )
+    scaler = Scaler.fit(X) if standardize == "zscore" else None
+    Xs = X if scaler is None else scaler.transform(X)
+    ys = y.astype(np.float64)
+    shards = make_shards(Xs, ys, n_workers, np.random.default_rng(seq.spawn(2)[1]),
+                         sharding=sharding, dirichlet_alpha=dirichlet_alpha)
+    return Problem(Xs, ys, Xs, ys, shards, scaler)
+
+
+def _check_numeric_labels(y, owner: str) -> None:
+    dtype = np.asarray(y).dtype
+    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        raise ValueError(
+            f"{owner} needs numeric labels; got {dtype}. Encode them first: "
+            "ray_robust.data.encode_labels(y, model) maps any two values (or K for softmax) "
+            "to 0, …, K − 1."
+        )
 
 
 # ---- non-iid sharding ------------------------------------------------------------------------
@@ -543,15 +703,18 @@ def _label_key(df, label: str | int):
 
 
 def load_table(source, label: str | int, *, features: list | None = None,
-               header: bool | None = None):
-    """``(X, y)`` float64 from a user's table, the label column given by name or position.
+               header: bool | None = None, with_names: bool = False):
+    """``(X, y)`` from a user's table, the label column given by name or position
+    (``with_names``: ``(X, y, features)``, the feature columns' labels).
 
     ``source``: a file path (CSV, with or without a header row, ``.npy``, ``.npz`` or Parquet:
     see :func:`read_table`, which ``header`` is passed to), a pandas DataFrame, or a 2-D numpy
     array. ``label``: a column name, or its 0-based position as an int or a string ``"#N"``
     (``-1`` / ``"#-1"``: the last column). ``features``: the feature columns (default: all
-    others). Raises a one-line ``ValueError`` naming the column for a missing label or feature
-    column, non-numeric values, or NaN/Inf.
+    others). X is float64; y is float64 for a numeric label column, and the label strings (a
+    numpy ``str`` array) for a text or boolean one: :func:`encode_labels` maps them to codes.
+    Raises a one-line ``ValueError`` naming the column for a missing label or feature column,
+    non-numeric features, or NaN/Inf (or a missing label).
     """
     import pandas as pd
 
@@ -580,7 +743,13 @@ def load_table(source, label: str | int, *, features: list | None = None,
     if not feats:
         raise ValueError("The data has no feature column besides the label.")
     out = []
-    for cols in (feats, [label]):
+    labels, text_labels = df[label], None
+    if not pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels):
+        if labels.isna().any():
+            raise ValueError(f"The label column {label!r} has missing values; drop those rows "
+                             "first.")
+        text_labels = labels.astype(str).to_numpy().astype(str)
+    for cols in (feats, [label]) if text_labels is None else (feats,):
         part = df[cols]
         bad = [c for c in cols if not pd.api.types.is_numeric_dtype(part[c])
                or pd.api.types.is_bool_dtype(part[c])]
@@ -596,7 +765,10 @@ def load_table(source, label: str | int, *, features: list | None = None,
             raise ValueError(f"Column(s) {nonfinite} contain NaN or infinite values; drop or "
                              "impute those rows first.")
         out.append(arr)
-    return out[0], out[1][:, 0]
+    y = out[1][:, 0] if text_labels is None else text_labels
+    if with_names:
+        return out[0], y, tuple(feats)
+    return out[0], y
 
 
 SYNTHETIC_TASKS = ("logistic", "softmax", "regression", "circles")

@@ -83,7 +83,7 @@ CASES = {
     "csv-nan": ({"data_path": "@table_nan.csv", "label_column": "y"}, ValueError,
                 r"\['b'\] contain NaN"),
     "csv-labels": ({"data_path": "@table_labels.csv", "label_column": "y", "n_workers": 2},
-                   ValueError, r"'logistic' model needs labels 0 or 1.*\[2.0\]"),
+                   ValueError, r"'logistic' model takes at most 2 label values.*\[0, 1, 2\]"),
     "diverges": ({"model": "least_squares", "eta": 1.0}, DivergenceError,
                  r"Round 5 of 300: the run diverged.*use a smaller eta \(now 1\), e.g. 0.1"),
 }
