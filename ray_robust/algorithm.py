@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._caller import warn_at_caller
 from .adversary import Adversary, poison_shards
 from .adversary import byzantine_mask as byzantine_mask  # re-exported: it lived here
 from .config import Config, GuaranteeWarning
@@ -100,14 +100,20 @@ class History:
         return self.metrics.iloc[-1].to_dict()
 
 
+#: L_zz/2 above this multiple of λ means θ diverged: the concavity warning says so instead of
+#: advising a λ (a DRO baseline under attack once read "raise lam above 2.08e+24")
+DIVERGED_LZZ_OVER_LAM = 1e6
+
+
 def _warn_once(
     state: RunState, key: str, message: str, category: type[Warning], depth: int = 1
 ) -> None:
     """Warn unless this run (``state``) has already given warning ``key``, pointing at the
-    caller of Server.step (``depth``: the calls between the warning's method and step)."""
+    user's call into the library (at least the caller of Server.step: ``depth`` is the calls
+    between the warning's method and step)."""
     if key not in state.warned:
         state.warned.add(key)
-        warnings.warn(message, category, stacklevel=3 + depth)
+        warn_at_caller(message, category, stacklevel=3 + depth)
 
 
 def build_rule_for(config: Config, shard_sizes: np.ndarray | None = None) -> Rule:
@@ -271,7 +277,20 @@ class Server:
         if "concave" in state.warned:
             return
         lam, l_zz = self.config.lam, self.model.lipschitz_xx(state.theta)
-        if 2 * lam <= l_zz:
+        if l_zz / 2 > DIVERGED_LZZ_OVER_LAM * lam:  # no λ to advise: θ itself ran away
+            with np.errstate(over="ignore", invalid="ignore"):
+                norm = float(np.linalg.norm(state.theta))
+            _warn_once(
+                state, "concave",
+                f"Round {state.round}: θ diverged, ‖θ‖ = {norm:.3g}: L_zz/2 = {l_zz / 2:.3g} "
+                f"at θ is over {DIVERGED_LZZ_OVER_LAM:g} times λ (λ = {lam:g}), so the WRM "
+                f"subproblem is not concave and the run is outside every guarantee of the "
+                f"paper. Raising lam does not help: the run itself ran away (byzantine workers "
+                f"against a rule without screening, or too large a step size eta = "
+                f"{self.config.eta:g}) (warned once per run).",
+                GuaranteeWarning, depth=2,  # step → _record → _check_concave
+            )
+        elif 2 * lam <= l_zz:
             _warn_once(
                 state, "concave",
                 f"Round {state.round}: λ = {lam:g} ≤ L_zz/2 = {l_zz / 2:.4g} at the current θ: "
