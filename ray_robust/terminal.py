@@ -58,11 +58,14 @@ def progress_bar(total: int, desc: str, unit: str, *, stream: IO[Any] | None = N
 class Progress:
     """A run's progress: a bar on a terminal, else a line every ``every`` steps (none when
     ``quiet``). ``step(n, postfix)`` reports that ``n`` steps of ``total`` are done;
-    ``write(text)`` prints a line without breaking the bar."""
+    ``write(text)`` prints a line without breaking the bar (to ``lines_to``, default stdout,
+    when there is no bar)."""
 
     def __init__(self, total: int, desc: str, unit: str, *, quiet: bool = False,
-                 stream: IO[Any] | None = None, line=None, every: int = 1):
+                 stream: IO[Any] | None = None, line=None, every: int = 1,
+                 lines_to: IO[str] | None = None):
         self.quiet, self.every, self.line, self.total = quiet, every, line, total
+        self.lines_to = lines_to
         self.bar = progress_bar(total, desc, unit, stream=stream) if wants_bar(
             quiet, stream) else None
 
@@ -84,7 +87,7 @@ class Progress:
         if self.bar is not None:
             self.bar.write(text, file=self.bar.fp)
         elif not self.quiet:
-            print(text, flush=True)
+            print(text, file=self.lines_to or sys.stdout, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
