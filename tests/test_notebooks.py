@@ -112,8 +112,8 @@ def test_notebooks_extra_installs_jupyterlab_and_ipywidgets():
     and ipywidgets for Ray Tune's notebook output (without it Ray prints "Missing packages:
     ['ipywidgets']"); the progress bars' tqdm is a dependency of the package itself."""
     import re
-    import tomllib
 
+    tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
     def names(requirements: list[str]) -> set[str]:
