@@ -282,10 +282,10 @@ class Server:
                 norm = float(np.linalg.norm(state.theta))
             _warn_once(
                 state, "concave",
-                f"Round {state.round}: θ diverged, ‖θ‖ = {norm:.3g}: L_zz/2 = {l_zz / 2:.3g} "
-                f"at θ is over {DIVERGED_LZZ_OVER_LAM:g} times λ (λ = {lam:g}), so the WRM "
-                f"subproblem is not concave and the run is outside every guarantee of the "
-                f"paper. Raising lam does not help: the run itself ran away (byzantine workers "
+                f"Round {state.round}: θ diverged: ‖θ‖ = {norm:.3g}, and L_zz/2 = "
+                f"{l_zz / 2:.3g} at θ is over {DIVERGED_LZZ_OVER_LAM:g} times λ = {lam:g}, so "
+                f"the WRM subproblem is not concave and the run is outside every guarantee of "
+                f"the paper. Raising lam does not help: the run itself ran away (byzantine workers "
                 f"against a rule without screening, or too large a step size eta = "
                 f"{self.config.eta:g}) (warned once per run).",
                 GuaranteeWarning, depth=2,  # step → _record → _check_concave
