@@ -35,7 +35,7 @@ def add_tune_parser(sub) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from .studies import run_study_full
-    from .terminal import Progress
+    from .terminal import Progress, wall_seconds
 
     bar: Progress | None = None
 
@@ -61,6 +61,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    # what the user waited for: Ray's start and stop included, not only Tune's fit
+    print(f"done in {wall_seconds():.1f} s (trials {res.seconds:.1f} s)", flush=True)
     if res.num_unfinished:
         return 130
     if res.num_errors:

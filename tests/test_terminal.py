@@ -183,3 +183,34 @@ def test_verbose_shows_rays_own_lines(data_dir):
     proc = _cli("train", "--engine", "ray", "--actors", "1", "--rounds", "2", "--verbose")
     assert proc.returncode == 0, proc.stderr
     assert "Started a local Ray instance" in proc.stderr
+
+
+def test_tune_trial_log_pickles_without_the_terminal(tmp_path):
+    """Tune pickles its callbacks into the experiment's snapshot; the per-trial printer holds the
+    progress bar's stream (an open file), which stays behind."""
+    from ray import cloudpickle  # what Tune pickles with
+
+    from ray_robust.studies.driver import _trial_log_class
+
+    seen: list[tuple[int, int]] = []
+    with open(tmp_path / "terminal", "w") as stream:
+        log = _trial_log_class()(4, lambda text: print(text, file=stream), ["seed"],
+                                 lambda done, total: seen.append((done, total)))
+        copy = cloudpickle.loads(cloudpickle.dumps(log))
+    assert (copy.total, copy.axes, copy.progress) == (4, ["seed"], None)
+    copy.say("printed nowhere")
+
+
+@pytest.mark.slow
+def test_tune_shows_the_wall_time_and_keeps_per_trial_lines_when_piped(data_dir, tmp_path):
+    t0 = time.perf_counter()
+    proc = _cli("tune", "tune_configs/fig4_tz.yaml", "--quick", "--storage", str(tmp_path),
+                timeout=600)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[2/2]" in proc.stdout
+    m = re.search(r"done in ([\d.]+) s \(trials ([\d.]+) s\)", proc.stdout)
+    assert m and float(m[2]) < float(m[1]) <= wall + 0.1, proc.stdout[-2000:]
+    quiet = _cli("tune", "tune_configs/fig4_tz.yaml", "--quick", "--storage", str(tmp_path),
+                 "--overwrite", "--quiet", timeout=600)
+    assert quiet.returncode == 0 and "[2/2]" not in quiet.stdout and "done in" in quiet.stdout

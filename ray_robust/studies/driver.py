@@ -403,6 +403,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _discard(_text: str) -> None:
+    """A printer that prints nothing."""
+
+
 def _trial_log_class():
     from ray.tune import Callback
 
@@ -413,6 +417,11 @@ def _trial_log_class():
                      progress: Callable[[int, int], None] | None = None):
             self.total, self.say, self.axes, self.done = total, say, axes, 0
             self.progress = progress
+
+        def __getstate__(self) -> dict:
+            # Tune pickles its callbacks into the experiment's snapshot: the terminal's
+            # printers (a progress bar's stream) stay in this process
+            return {**self.__dict__, "say": _discard, "progress": None}
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
