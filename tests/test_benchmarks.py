@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 IDS = ["P1", "P2", "P3", "P4", "P5", "P6"]
 
 
+@pytest.mark.slow
 def test_quick_benchmarks_write_every_id(tmp_path, data_dir):
     out = tmp_path / "bench.csv"
     env = {**os.environ, "RAY_ROBUST_DATA_DIR": str(data_dir), "RAY_USAGE_STATS_ENABLED": "0"}
