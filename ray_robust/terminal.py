@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -51,8 +52,10 @@ def progress_bar(total: int, desc: str, unit: str, *, stream: IO[Any] | None = N
     """A tqdm bar with ETA on ``stream`` (stderr), for ``total`` steps."""
     from tqdm import tqdm
 
+    # the terminal's width; a terminal that reports none (0 columns) gets 100, not an empty bar
+    width = shutil.get_terminal_size((100, 24)).columns
     return tqdm(total=total, desc=desc, unit=unit, initial=initial,
-                file=sys.stderr if stream is None else stream, dynamic_ncols=True, leave=False)
+                file=sys.stderr if stream is None else stream, ncols=width, leave=False)
 
 
 class Progress:
