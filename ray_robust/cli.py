@@ -124,8 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _say(f"ray-robust train: resuming from {args.resume}")
         from .checkpoint import load_checkpoint
 
-        rounds = load_checkpoint(args.resume)[0].rounds
-        with _round_progress(args, rounds) as bar:
+        config, state = load_checkpoint(args.resume)
+        with _round_progress(args, config.rounds, done=state.round) as bar:
             hist = resume(args.resume, engine=args.engine, checkpoint_every=args.checkpoint_every,
                           **_progress_kwargs(args, bar), **_engine_kwargs(args))
         return _summarize(hist, args)
@@ -149,10 +149,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _summarize(hist, args)
 
 
-def _round_progress(args: argparse.Namespace, rounds: int) -> Progress:
+def _round_progress(args: argparse.Namespace, rounds: int, done: int = 0) -> Progress:
     """The rounds' progress: a bar on a terminal, else a line every ``--progress`` rounds."""
-    return Progress(rounds, "training", "round", quiet=args.quiet, stream=args.terminal,
-                    line=_progress, every=args.progress)
+    return Progress(rounds, "training", "round", quiet=args.quiet, stream=_terminal(args),
+                    line=_progress, every=args.progress, initial=done)
+
+
+def _terminal(args: argparse.Namespace):
+    """The user's terminal (standard error before :func:`main` filtered Ray's lines out)."""
+    return getattr(args, "terminal", None)
 
 
 def _progress_kwargs(args: argparse.Namespace, bar: Progress) -> dict:
@@ -218,7 +223,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
          f"engine = {args.engine}")
     kwargs = _engine_kwargs(args)
     with Progress(20 * args.seeds, "Table I", "run", quiet=args.quiet,
-                  stream=args.terminal) as bar:
+                  stream=_terminal(args)) as bar:
         runs = run_table1(seeds, engine=args.engine, log=bar.write, engine_options=kwargs,
                           on_run=lambda k, row: bar.step(k), **overrides)
     summary = summarize_table1(runs)

@@ -43,7 +43,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         nonlocal bar
         if bar is None:
             bar = Progress(total, "trials", "trial", quiet=args.quiet,
-                           stream=getattr(args, "terminal", None))
+                           stream=getattr(args, "terminal", None))  # set by cli.main
         bar.step(done)
 
     def say(text: str) -> None:

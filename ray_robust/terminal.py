@@ -62,14 +62,14 @@ class Progress:
     """A run's progress: a bar on a terminal, else a line every ``every`` steps (none when
     ``quiet``). ``step(n, postfix)`` reports that ``n`` steps of ``total`` are done;
     ``write(text)`` prints a line without breaking the bar (to ``lines_to``, default stdout,
-    when there is no bar)."""
+    when there is no bar). ``initial``: steps already done (a resumed run)."""
 
     def __init__(self, total: int, desc: str, unit: str, *, quiet: bool = False,
                  stream: IO[Any] | None = None, line=None, every: int = 1,
-                 lines_to: IO[str] | None = None):
+                 lines_to: IO[str] | None = None, initial: int = 0):
         self.quiet, self.every, self.line, self.total = quiet, every, line, total
         self.lines_to = lines_to
-        self.bar = progress_bar(total, desc, unit, stream=stream) if wants_bar(
+        self.bar = progress_bar(total, desc, unit, stream=stream, initial=initial) if wants_bar(
             quiet, stream) else None
 
     @property
