@@ -324,12 +324,16 @@ class Server:
                     wrm_certificate_mean=cert_sum / max(info["wrm_samples"], 1))
         if info.get("wrm_uncertified") and "uncertified" not in state.warned:
             l_zz = self.model.lipschitz_xx(state.theta)
+            fix = (f"Raise lam above L_zz/2 = {l_zz / 2:.4g} or give t_z instead of epsilon"
+                   if l_zz / 2 <= DIVERGED_LZZ_OVER_LAM * cfg.lam else
+                   f"θ diverged (L_zz/2 is over {DIVERGED_LZZ_OVER_LAM:g} times λ): raising lam "
+                   f"does not help; the run itself ran away")
             _warn_once(
                 state, "uncertified",
                 f"Certified ε: no certificate at round {t}: λ_g = 2λ − L_zz = "
                 f"{2 * cfg.lam:g} − {l_zz:.4g} ≤ 0, so g(z) is not provably strongly concave; "
-                f"the ascent ran the cap t_z_max = {cfg.t_z_max} steps. Raise lam above "
-                f"L_zz/2 = {l_zz / 2:.4g} or give t_z instead of epsilon (warned once per run).",
+                f"the ascent ran the cap t_z_max = {cfg.t_z_max} steps. {fix} (warned once "
+                f"per run).",
                 GuaranteeWarning,
             )
         if info.get("wrm_capped"):

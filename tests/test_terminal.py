@@ -11,6 +11,7 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import pytest
 
 from ray_robust import Config, GuaranteeWarning, train
@@ -144,6 +145,22 @@ def test_guarantee_warning_for_a_diverged_run_says_it_diverged(data_dir):
     assert diverged, texts
     assert "Raise lam" not in diverged[0] and "‖θ‖ = " in diverged[0]
     assert "raising lam does not help" in diverged[0].lower()
+
+
+@pytest.mark.parametrize(("scale", "says"), [(1.0, "Raise lam above"), (1e12, "θ diverged")])
+def test_uncertified_epsilon_warning_for_a_diverged_run_says_it_diverged(data_dir, scale, says):
+    from ray_robust import load_problem
+    from ray_robust.algorithm import Server
+
+    cfg = Config.from_dict(dict(algorithm="alg2", epsilon=0.01, lam=0.5, rounds=5))
+    server = Server(cfg, load_problem(cfg))
+    state = server.initial_state()
+    state.theta = np.full_like(state.theta, scale)
+    info = dict(wrm_steps=1, wrm_uncertified=1, wrm_samples=1, wrm_certificate_sums=[0.0])
+    with pytest.warns(GuaranteeWarning) as caught:
+        server._certified_info(state, info)
+    assert says in str(caught[0].message)
+    assert ("Raise lam" in str(caught[0].message)) is (scale == 1.0)
 
 
 def test_guarantee_warning_still_advises_lam_when_it_can_help(data_dir):
