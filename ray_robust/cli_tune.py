@@ -49,7 +49,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     def say(text: str) -> None:
         if args.quiet and text.startswith("  ["):  # a finished trial's line
             return
-        if bar is not None:
+        if bar is not None and bar.per_step:  # above the bar
             bar.write(text)
         else:
             print(text, flush=True)

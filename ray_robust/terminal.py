@@ -23,6 +23,9 @@ from typing import IO, Any
 _RAY_CPP_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWE] \d+ \d+\] \S+:\d+: ")
 #: a line of Ray's Python loggers below ERROR: ``2026-01-02 10:11:12,345\tWARNING file.py:85 --``
 _RAY_PY_LINE = re.compile(rb"^\d{4}-\d\d-\d\d [\d:,.]+\s+(DEBUG|INFO|WARNING) \S+:\d+ -- ")
+#: the token-authentication notice unformatted (a Tune study clears the ``ray`` logger's
+#: handlers, so Python's last-resort handler prints the bare message)
+_RAY_BARE_LINE = re.compile(rb"^Token authentication is (enabled|disabled) for this Ray cluster")
 
 
 _IMPORTED = time.perf_counter()
@@ -127,7 +130,8 @@ def ray_noise_filtered(enabled: bool = True) -> Iterator[IO[str]]:
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
-                    if not (_RAY_CPP_LINE.match(line) or _RAY_PY_LINE.match(line)):
+                    if not (_RAY_CPP_LINE.match(line) or _RAY_PY_LINE.match(line)
+                            or _RAY_BARE_LINE.match(line)):
                         os.write(saved, line + b"\n")
             if pending:
                 os.write(saved, pending)

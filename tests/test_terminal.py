@@ -104,6 +104,7 @@ with ray_noise_filtered(enabled=sys.argv[1] == "1"):
                 b"name: 'WorkerGroup' has constructor arguments in the object store\n")
     os.write(2, b"2026-12-02 06:29:43,369\tWARNING authentication_token_setup.py:85 -- Token "
                 b"authentication is enabled for this Ray cluster.\n")
+    os.write(2, b"Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE\n")
     os.write(2, b"2026-12-02 06:29:43,369\tERROR worker.py:1 -- a real Ray error\n")
     print("ray-robust: warning: kept", file=sys.stderr)
     os.write(2, b"no newline at the end")
@@ -231,3 +232,5 @@ def test_tune_shows_the_wall_time_and_keeps_per_trial_lines_when_piped(data_dir,
     quiet = _cli("tune", "tune_configs/fig4_tz.yaml", "--quick", "--storage", str(tmp_path),
                  "--overwrite", "--quiet", timeout=600)
     assert quiet.returncode == 0 and "[2/2]" not in quiet.stdout and "done in" in quiet.stdout
+    assert "summary:" in quiet.stdout  # --quiet drops the per-trial lines, not the results
+    assert "Token authentication" not in proc.stderr + proc.stdout
