@@ -118,7 +118,11 @@ def ray_noise_filtered(enabled: bool = True) -> Iterator[IO[str]]:
         yield sys.stderr
         return
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no standard error (closed): nothing to keep clean
+        yield sys.stderr
+        return
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
