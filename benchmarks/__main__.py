@@ -29,6 +29,8 @@ from . import suite
 from .common import Result
 
 IDS = ("P1", "P2", "P3", "P4", "P5", "P6")
+#: the order :func:`run` runs them in, and their rows' order in the CSV
+RUN_ORDER = ("P6", "P4", "P1", "P2", "P5", "P3")
 RAY_IDS = {"P1", "P2", "P4"}
 
 
@@ -56,9 +58,11 @@ def _profiled(fn, name: str, profile_dir: Path | None, log):
     return out
 
 
-def run(ids: list[str], quick: bool, log=print, profile_dir: Path | None = None) -> list[Result]:
+def run(ids: list[str], quick: bool, log=print, profile_dir: Path | None = None,
+        on_done=None) -> list[Result]:
     """Run the benchmarks ``ids`` in an order that shares one Ray instance (P3 starts its own,
-    after that one is shut down) and returns their results."""
+    after that one is shut down) and returns their results; ``on_done(n)`` after each step
+    (``n`` ids done)."""
     results: list[Result] = []
 
     def step(name: str, fn) -> None:
@@ -66,6 +70,8 @@ def run(ids: list[str], quick: bool, log=print, profile_dir: Path | None = None)
         log(f"[{name}] running{' (quick)' if quick else ''} …")
         out = _profiled(fn, name, profile_dir, log)
         results.extend(out)
+        if on_done:
+            on_done(len({r.id for r in results}))
         log(f"[{name}] done in {time.perf_counter() - t0:.1f} s: "
             + "; ".join(f"{r.metric} = {r.ratio:.2f}" for r in out))
 
@@ -114,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="CSV file (default: benchmarks/results[_quick].csv)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="sample each benchmark's driver with pyinstrument into DIR/<id>.txt")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar and no progress lines (the table only)")
     args = parser.parse_args(argv)
     if args.profile is not None:
         try:
@@ -125,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
                           str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    results = run(args.only, args.quick, log=lambda s: print(s, file=sys.stderr, flush=True),
-                  profile_dir=args.profile)
+    from ray_robust.terminal import Progress
+
+    with Progress(len(args.only), "benchmarks", "benchmark", quiet=args.quiet,
+                  lines_to=sys.stderr) as bar:  # a bar on a terminal, else the lines
+        results = run(args.only, args.quick, log=bar.write, profile_dir=args.profile,
+                      on_done=bar.step)
     load_after = os.getloadavg()
     import ray
 
@@ -137,14 +149,30 @@ def main(argv: list[str] | None = None) -> int:
     print(context)
     out = args.out or Path(__file__).with_name(f"results{'_quick' if args.quick else ''}.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as fh:
-        rows = [{**r.row(), "quick": args.quick, "load_before": round(load_before[0], 2),
-                 "load_after": round(load_after[0], 2)} for r in results]
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {out}")
+    rows = [{**r.row(), "quick": args.quick, "load_before": round(load_before[0], 2),
+             "load_after": round(load_after[0], 2)} for r in results]
+    kept = write_results(out, rows, args.only)
+    print(f"wrote {out}" + (f" (kept the rows of {', '.join(kept)})" if kept else ""))
     return 0
+
+
+def write_results(out: Path, rows: list[dict], ran: list[str]) -> list[str]:
+    """Write ``rows`` (the benchmarks ``ran``) to the CSV ``out``, keeping its rows of every other
+    id (``--only P6`` replaces P6's rows, never P1's), in the ids' order. Returns the ids kept."""
+    old: list[dict] = []
+    if out.is_file():
+        with open(out, newline="") as fh:
+            old = [r for r in csv.DictReader(fh) if r.get("id") not in ran]
+    fields = list(dict.fromkeys([*rows[0], *(k for r in old for k in r)]))
+    order = {i: k for k, i in enumerate(RUN_ORDER)}
+    merged = sorted([*old, *rows], key=lambda r: order.get(r["id"], len(IDS)))  # stable
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(merged)
+    os.replace(tmp, out)
+    return sorted({r["id"] for r in old}, key=lambda i: order.get(i, len(IDS)))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ._caller import warn_at_caller
 from .adversary import Adversary, poison_shards
 from .adversary import byzantine_mask as byzantine_mask  # re-exported: it lived here
 from .config import Config, GuaranteeWarning
@@ -105,14 +105,20 @@ class History:
         return self.metrics.iloc[-1].to_dict()
 
 
+#: L_zz/2 above this multiple of λ means θ diverged: the concavity warning says so instead of
+#: advising a λ (a DRO baseline under attack once read "raise lam above 2.08e+24")
+DIVERGED_LZZ_OVER_LAM = 1e6
+
+
 def _warn_once(
     state: RunState, key: str, message: str, category: type[Warning], depth: int = 1
 ) -> None:
     """Warn unless this run (``state``) has already given warning ``key``, pointing at the
-    caller of Server.step (``depth``: the calls between the warning's method and step)."""
+    user's call into the library (at least the caller of Server.step: ``depth`` is the calls
+    between the warning's method and step)."""
     if key not in state.warned:
         state.warned.add(key)
-        warnings.warn(message, category, stacklevel=3 + depth)
+        warn_at_caller(message, category, stacklevel=3 + depth)
 
 
 def build_rule_for(config: Config, shard_sizes: np.ndarray | None = None) -> Rule:
@@ -276,7 +282,20 @@ class Server:
         if "concave" in state.warned:
             return
         lam, l_zz = self.config.lam, self.model.lipschitz_xx(state.theta)
-        if 2 * lam <= l_zz:
+        if l_zz / 2 > DIVERGED_LZZ_OVER_LAM * lam:  # no λ to advise: θ itself ran away
+            with np.errstate(over="ignore", invalid="ignore"):
+                norm = float(np.linalg.norm(state.theta))
+            _warn_once(
+                state, "concave",
+                f"Round {state.round}: θ diverged: ‖θ‖ = {norm:.3g}, and L_zz/2 = "
+                f"{l_zz / 2:.3g} at θ is over {DIVERGED_LZZ_OVER_LAM:g} times λ = {lam:g}, so "
+                f"the WRM subproblem is not concave and the run is outside every guarantee of "
+                f"the paper. Raising lam does not help: the run itself ran away (byzantine workers "
+                f"against a rule without screening, or too large a step size eta = "
+                f"{self.config.eta:g}) (warned once per run).",
+                GuaranteeWarning, depth=2,  # step → _record → _check_concave
+            )
+        elif 2 * lam <= l_zz:
             _warn_once(
                 state, "concave",
                 f"Round {state.round}: λ = {lam:g} ≤ L_zz/2 = {l_zz / 2:.4g} at the current θ: "
@@ -310,12 +329,16 @@ class Server:
                     wrm_certificate_mean=cert_sum / max(info["wrm_samples"], 1))
         if info.get("wrm_uncertified") and "uncertified" not in state.warned:
             l_zz = self.model.lipschitz_xx(state.theta)
+            fix = (f"Raise lam above L_zz/2 = {l_zz / 2:.4g} or give t_z instead of epsilon"
+                   if l_zz / 2 <= DIVERGED_LZZ_OVER_LAM * cfg.lam else
+                   f"θ diverged (L_zz/2 is over {DIVERGED_LZZ_OVER_LAM:g} times λ): raising lam "
+                   f"does not help; the run itself ran away")
             _warn_once(
                 state, "uncertified",
                 f"Certified ε: no certificate at round {t}: λ_g = 2λ − L_zz = "
                 f"{2 * cfg.lam:g} − {l_zz:.4g} ≤ 0, so g(z) is not provably strongly concave; "
-                f"the ascent ran the cap t_z_max = {cfg.t_z_max} steps. Raise lam above "
-                f"L_zz/2 = {l_zz / 2:.4g} or give t_z instead of epsilon (warned once per run).",
+                f"the ascent ran the cap t_z_max = {cfg.t_z_max} steps. {fix} (warned once "
+                f"per run).",
                 GuaranteeWarning,
             )
         if info.get("wrm_capped"):

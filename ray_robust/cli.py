@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,20 @@ from typing import Any
 from ._validation import load_yaml_mapping
 from .config import ALGORITHMS, GROUPS, PARAMS, Config, default, flatten_groups
 from .engines import ENGINES
+from .terminal import Progress, ray_noise_filtered, wall_seconds
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``ray-robust: error: …`` and where the help is) instead
+    of the usage block first; exit status 2 as argparse's."""
+
+    def error(self, message: str):
+        self.exit(2, f"ray-robust: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _elapsed() -> float:
+    """Seconds the user has waited for this command so far (Ray's start and stop included)."""
+    return wall_seconds()
 
 
 def _text_parser(name: str, constraint):
@@ -73,6 +86,13 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def _add_terminal_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar and no progress lines (the summary only)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's own log lines (start-up notices, core worker lines)")
+
+
 def _theory_line(cfg: Config) -> str:
     """The paper's verdict for ``cfg`` (Theorems 1–3) and, for certified ε, the ε schedule."""
     from .core.schedule import schedule_spec
@@ -103,9 +123,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"--resume {args.resume} keeps checkpointing into that folder; "
                 f"--checkpoint-dir {args.checkpoint_dir} contradicts it. Drop --checkpoint-dir.")
         _say(f"ray-robust train: resuming from {args.resume}")
-        hist = resume(args.resume, engine=args.engine, progress=_progress,
-                      progress_every=args.progress, checkpoint_every=args.checkpoint_every,
-                      **_engine_kwargs(args))
+        from .checkpoint import load_checkpoint
+
+        config, state = load_checkpoint(args.resume)
+        with _round_progress(args, config.rounds, done=state.round) as bar:
+            hist = resume(args.resume, engine=args.engine, checkpoint_every=args.checkpoint_every,
+                          **_progress_kwargs(args, bar), **_engine_kwargs(args))
         return _summarize(hist, args)
     values = flatten_groups(_load_yaml(args.config)) if args.config else {}
     overrides = {name: getattr(args, name) for name in PARAMS if hasattr(args, name)}
@@ -120,10 +143,35 @@ def cmd_train(args: argparse.Namespace) -> int:
          f"{cfg.n_byzantine} byzantine ({cfg.attack}), T = {cfg.rounds}, engine = {args.engine}")
     _say(f"theory: {_theory_line(cfg)}")
 
-    hist = train(cfg, engine=args.engine, progress=_progress, progress_every=args.progress,
-                 checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-                 **_engine_kwargs(args))
+    with _round_progress(args, cfg.rounds) as bar:
+        hist = train(cfg, engine=args.engine, checkpoint_dir=args.checkpoint_dir,
+                     checkpoint_every=args.checkpoint_every, **_progress_kwargs(args, bar),
+                     **_engine_kwargs(args))
     return _summarize(hist, args)
+
+
+def _round_progress(args: argparse.Namespace, rounds: int, done: int = 0) -> Progress:
+    """The rounds' progress: a bar on a terminal, else a line every ``--progress`` rounds."""
+    return Progress(rounds, "training", "round", quiet=args.quiet, stream=_terminal(args),
+                    line=_progress, every=args.progress, initial=done)
+
+
+def _terminal(args: argparse.Namespace):
+    """The user's terminal (standard error before :func:`main` filtered Ray's lines out)."""
+    return getattr(args, "terminal", None)
+
+
+def _progress_kwargs(args: argparse.Namespace, bar: Progress) -> dict:
+    """``progress``/``progress_every`` for :func:`train`: every round for a bar, every
+    ``--progress`` rounds for lines, none with ``--quiet``."""
+    if args.quiet:
+        return dict(progress=None, progress_every=args.progress)
+
+    def report(row: dict) -> None:
+        bar.step(row["round"], f"loss {row['train_loss']:.4f}, error {row['test_error']:.4f}",
+                 row)
+
+    return dict(progress=report, progress_every=1 if bar.per_step else args.progress)
 
 
 def _progress(row: dict) -> None:
@@ -144,8 +192,9 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
 def _summarize(hist, args: argparse.Namespace) -> int:
     cfg = hist.config
     fin = hist.final
-    _say(f"done in {hist.seconds:.2f} s: test error {fin['test_error']:.4f}, under the "
-         f"{cfg.shift_norm} shift ε = {cfg.shift_eps:g}: {fin['test_error_shifted']:.4f}")
+    _say(f"done in {_elapsed():.1f} s (training {hist.seconds:.1f} s): test error "
+         f"{fin['test_error']:.4f}, under the {cfg.shift_norm} shift ε = {cfg.shift_eps:g}: "
+         f"{fin['test_error_shifted']:.4f}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -213,16 +262,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         overrides["data_path"] = args.data_path
     _say(f"Table I: 5 environments × 4 algorithms × {args.seeds} seed(s) on Spambase, "
          f"engine = {args.engine}")
-    t0 = time.perf_counter()
     kwargs = _engine_kwargs(args)
-    runs = run_table1(seeds, engine=args.engine, log=_say, engine_options=kwargs, **overrides)
+    with Progress(20 * args.seeds, "Table I", "run", quiet=args.quiet,
+                  stream=_terminal(args)) as bar:
+        runs = run_table1(seeds, engine=args.engine, log=bar.write, engine_options=kwargs,
+                          on_run=lambda k, row: bar.step(k), **overrides)
     summary = summarize_table1(runs)
     _say("")
     _say(format_table1(summary))
     note = outside_guarantee_summary(runs)
     if note:
         _say(note)
-    _say(f"({time.perf_counter() - t0:.1f} s)")
+    _say(f"(done in {_elapsed():.1f} s; training {runs['seconds'].sum():.1f} s)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "table1_runs.csv", index=False)
@@ -247,7 +298,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ray-robust",
         description="Distributed learning robust to distributional shifts and byzantine "
                     "workers (Zhou, Xu, Wang, Tian; TNNLS 2025).",
@@ -266,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--resume", metavar="DIR", default=None,
                          help="continue the run checkpointed in DIR (its config is used)")
     _add_engine_flags(p_train)
+    _add_terminal_flags(p_train)
     _add_config_flags(p_train)
     p_train.set_defaults(func=cmd_train)
 
@@ -288,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--out", default="results/table1", help="output folder")
     p_rep.add_argument("--data-path", default=None, help="Spambase file or folder")
     _add_engine_flags(p_rep)
+    _add_terminal_flags(p_rep)
     p_rep.set_defaults(func=cmd_reproduce)
     p_cfg = sub.add_parser("config", help="the run-config parameters: a YAML template, the "
                                           "JSON schema, or the reference")
@@ -328,8 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.formatwarning = _format_warning
+    # Ray's own log lines stay off the terminal of a long command unless --verbose
+    filtered = args.command in ("train", "reproduce", "tune") and not getattr(args, "verbose", 0)
     try:
-        return _main(args)
+        with ray_noise_filtered(filtered) as terminal:
+            args.terminal = terminal
+            return _main(args)
     finally:
         warnings.formatwarning = _PYTHON_FORMAT
 

@@ -26,16 +26,43 @@ def add_tune_parser(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="apply the file's 'quick:' overrides (tiny grid, few rounds)")
     p.add_argument("--verbose", type=int, default=0, choices=[0, 1, 2],
-                   help="Tune's own progress output (0: one line per finished trial)")
+                   help="Tune's own progress output (0: one line per finished trial); 1 or 2 "
+                        "also show Ray's own log lines")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar and no per-trial lines (the summary only)")
     p.set_defaults(func=cmd_tune)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from .studies import run_study_full
+    from .terminal import Progress, wall_seconds
 
-    res = run_study_full(args.config, quick=args.quick, storage=args.storage,
-                         resume=args.resume, overwrite=args.overwrite, address=args.address,
-                         verbose=args.verbose, log=lambda s: print(s, flush=True))
+    bar: Progress | None = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = Progress(total, "trials", "trial", quiet=args.quiet,
+                           stream=getattr(args, "terminal", None))  # set by cli.main
+        bar.step(done)
+
+    def say(text: str) -> None:
+        if args.quiet and text.startswith("  ["):  # a finished trial's line
+            return
+        if bar is not None and bar.per_step:  # above the bar
+            bar.write(text)
+        else:
+            print(text, flush=True)
+
+    try:
+        res = run_study_full(args.config, quick=args.quick, storage=args.storage,
+                             resume=args.resume, overwrite=args.overwrite, address=args.address,
+                             verbose=args.verbose, log=say, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    # what the user waited for: Ray's start and stop included, not only Tune's fit
+    print(f"done in {wall_seconds():.1f} s (trials {res.seconds:.1f} s)", flush=True)
     if res.num_unfinished:
         return 130
     if res.num_errors:

@@ -14,7 +14,6 @@ and the CLI (never by the constructor).
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -330,9 +329,12 @@ class Config:
 
     def warn_outside_guarantee(self, stacklevel: int = 2) -> None:
         """Give each of :meth:`guarantee_warnings` as a :class:`GuaranteeWarning`
-        (``stacklevel`` as in :func:`warnings.warn`, counted from the caller)."""
+        (``stacklevel`` as in :func:`warnings.warn`, counted from the caller; frames of
+        ray_robust above it are skipped too, so the warning names the user's call)."""
+        from ._caller import warn_at_caller
+
         for message in self.guarantee_warnings():
-            warnings.warn(message, GuaranteeWarning, stacklevel=stacklevel + 1)
+            warn_at_caller(message, GuaranteeWarning, stacklevel=stacklevel + 1)
 
     # ---- derived quantities -------------------------------------------------------------
     @property

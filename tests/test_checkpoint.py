@@ -72,6 +72,7 @@ def test_writes_are_atomic(data_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(data_dir, tmp_path):
     rounds = 3000
     args = ["--alpha", "0.15", "--attack", "intelligent", "--shift-norm", "l2", "--shift-eps",

@@ -50,6 +50,7 @@ def test_bad_input_is_one_line_and_status_2(args, needle, data_dir):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_one_line_and_status_1(data_dir):
     """A run that fails (not its input): a round timeout no worker can meet leaves no valid
     message, so the Ray engine's AggregationError ends the run with status 1, no traceback."""

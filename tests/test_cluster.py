@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROUNDS = 30
 
@@ -57,6 +58,7 @@ def _cluster_main(out: Path) -> None:
         cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_engine_on_a_three_node_cluster(data_dir, tmp_path):
     out = tmp_path / "cluster.json"
     ray_tmp = tempfile.mkdtemp(prefix="rr-", dir="/tmp")  # short: Ray's socket paths are long

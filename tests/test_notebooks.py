@@ -89,6 +89,7 @@ def test_notebook_is_committed_clean(path: Path):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_runs_in_quick_mode(path: Path, kernel_env: dict[str, str]):
     nb = nbformat.read(path, as_version=4)
@@ -104,3 +105,20 @@ def test_notebook_runs_in_quick_mode(path: Path, kernel_env: dict[str, str]):
         pytest.fail(f"{path.name}: did not finish within {NOTEBOOK_TIMEOUT} s.", pytrace=False)
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+
+
+def test_notebooks_extra_installs_jupyterlab_and_ipywidgets():
+    """``pip install -e ".[notebooks]"`` brings what opening the tutorials needs: JupyterLab,
+    and ipywidgets for Ray Tune's notebook output (without it Ray prints "Missing packages:
+    ['ipywidgets']"); the progress bars' tqdm is a dependency of the package itself."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[\[<>=~! ;]", r, maxsplit=1)[0].lower() for r in requirements}
+
+    assert {"jupyterlab", "ipywidgets", "ipykernel"} <= names(
+        project["optional-dependencies"]["notebooks"])
+    assert "tqdm" in names(project["dependencies"])

@@ -62,9 +62,16 @@ def assert_same_run(ray_hist, local_hist):
     pd.testing.assert_frame_equal(ray_hist.metrics, local_hist.metrics, check_exact=True)
 
 
-@pytest.mark.parametrize("attack", ["aggressive", "intelligent"])
-@pytest.mark.parametrize("algorithm", ["erm", "nbs", "dro", "alg2"])
-@pytest.mark.parametrize("actors", ["auto", "per-worker"])
+#: the cases of the fast loop (``-m "not slow"``); the other packings and pairs are slow
+FAST_IDENTICAL = {("auto", "erm", "aggressive"), ("auto", "alg2", "aggressive"),
+                  ("auto", "nbs", "intelligent")}
+
+
+@pytest.mark.parametrize(("actors", "algorithm", "attack"), [
+    pytest.param(actors, algorithm, attack, marks=() if (actors, algorithm, attack)
+                 in FAST_IDENTICAL else pytest.mark.slow)
+    for actors in ("auto", "per-worker") for algorithm in ("erm", "nbs", "dro", "alg2")
+    for attack in ("aggressive", "intelligent")])
 def test_bit_identical_to_local_engine(trainers, problem, actors, algorithm, attack):
     cfg = make_config(algorithm=algorithm, attack=attack)
     trainer = trainers(actors)
@@ -97,6 +104,7 @@ def _busy_in_rounds(first: int, last: int):
     return payload
 
 
+@pytest.mark.slow
 def test_killed_workers_rejoin_after_restart(problem):
     """Kill 3 of 20 worker actors mid-run (mid-call: they are busy in rounds 15–29): the run
     completes, their lost messages count as rejected, Ray restarts them (new processes, shards
@@ -128,6 +136,7 @@ def test_killed_workers_rejoin_after_restart(problem):
         assert all(after[i]["pid"] not in (None, before[i]) for i in victims)
 
 
+@pytest.mark.slow
 def test_restarted_actors_reload_their_shards(trainers, problem):
     """After a kill and restart, a run on the same actors is bit-identical again."""
     import ray
@@ -187,6 +196,7 @@ def test_malformed_messages_from_real_actors(malformed_trainer, problem, algorit
     np.testing.assert_array_equal(hist.theta, run(server, compute).theta)
 
 
+@pytest.mark.slow
 def test_stragglers_are_skipped_and_dead_workers_end_the_run_clearly(problem):
     """A worker actor slower than round_timeout: its workers' messages count as missing (the
     round does not wait for it). With every worker actor dead the run ends with a clear error
@@ -208,6 +218,7 @@ def test_stragglers_are_skipped_and_dead_workers_end_the_run_clearly(problem):
             trainer(cfg)
 
 
+@pytest.mark.slow
 def test_a_stalled_actor_is_not_queued_behind_its_late_call(problem):
     """A stalled actor gets no new call while its late call runs (the other workers' rounds go
     on without waiting for it) and rejoins once that call has ended."""
@@ -370,6 +381,7 @@ def test_compute_fn_gathers_in_the_calling_process(trainers, problem):
     assert_same_run(run(server, trainers("auto").compute_fn(cfg)), train(cfg, problem=problem))
 
 
+@pytest.mark.slow
 def test_train_api_with_checkpoint_and_resume(trainers, problem, tmp_path):
     """train(engine='ray') uses the running Ray (and leaves it up); checkpoints and resume
     give the local engine's θ."""
@@ -400,6 +412,7 @@ def _table(text: str) -> list[str]:
     return lines[start:start + 6]
 
 
+@pytest.mark.slow
 def test_cli_reproduce_table1_on_ray_prints_the_local_table(ray_session, data_dir, tmp_path):
     """The CLI joins a running Ray instance (here the session's) with --address, as it would
     join a cluster's head; an explicit address needs RAY_AUTH_MODE=token (Ray 2.60's default

@@ -143,6 +143,7 @@ def test_malformed_message_matrix_over_ray(byzantine_trainer, problem, aggregato
         assert refused.eq(0).all()
 
 
+@pytest.mark.slow
 def test_worker_process_exiting_by_itself_rejoins(problem):
     """A worker actor's process calls os._exit mid-run (not a ray.kill): its messages go
     missing, Ray restarts it (a new pid, its shards reloaded), it rejoins, the run completes."""
@@ -173,6 +174,7 @@ def _live_trainer() -> RayTrainer:
                 if isinstance(o, RayTrainer) and o._server is not None)
 
 
+@pytest.mark.slow
 def test_server_actor_killed_then_resumed_from_its_checkpoint(problem, tmp_path):
     """ray.kill of the server actor mid-run: the driver raises ServerDiedError naming the
     checkpoint folder; resume(dir, engine='ray') ends with the uninterrupted run's θ, bit for
@@ -200,6 +202,7 @@ def test_server_actor_killed_then_resumed_from_its_checkpoint(problem, tmp_path)
     np.testing.assert_array_equal(resumed.metrics["train_loss"], reference.metrics["train_loss"])
 
 
+@pytest.mark.slow
 def test_tune_retries_a_failed_trial_with_max_failures(data_dir, tmp_path):
     """A trial that raises (its data file went missing after the study checked it against the
     data, a transient fault) is retried by Tune's FailureConfig (the study's max_failures) and
@@ -243,6 +246,7 @@ def test_tune_retries_a_failed_trial_with_max_failures(data_dir, tmp_path):
     assert int(res.results["round"].iloc[0]) == 20
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the trial in /proc")
 def test_a_trial_whose_process_is_killed_is_retried_from_its_saved_progress(data_dir, tmp_path):
     """SIGKILL of a trial's worker process mid-run: Tune retries the trial (max_failures), which

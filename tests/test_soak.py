@@ -22,7 +22,7 @@ from ray_robust.api import load_problem
 from ray_robust.config import Config
 from ray_robust.engines.ray_engine import RayTrainer
 
-pytestmark = [pytest.mark.soak, pytest.mark.usefixtures("ray_session")]
+pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 FULL = os.environ.get("RAY_ROBUST_SOAK", "").lower() == "full"
 ROUNDS = 2000 if FULL else 200

@@ -141,7 +141,9 @@ def test_trial_keys_resolve_to_config():
 
 
 # ---- Tune end to end ------------------------------------------------------------------------
-@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [  # one study in the fast loop, every study in the full one
+    pytest.param(p, marks=() if p.stem == "fig4_tz" else pytest.mark.slow) for p in STUDIES],
+    ids=lambda p: p.stem)
 def test_every_study_runs_quick_with_tune(ray_session, tmp_path, path, capsys):
     assert main(["tune", str(path), "--quick", "--storage", str(tmp_path)]) == 0
     study = load_study(path, quick=True)
@@ -265,6 +267,7 @@ def _saved_rounds(exp: Path) -> dict[int, int]:
     return out
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_sweep_and_resume_finishes_it(ray_session, tmp_path):
     """SIGINT (Ctrl-C) to `ray-robust tune`: exit code 130 and a message counting every trial
     of the study not finished (Tune had not even created some); --resume then finishes them."""
@@ -303,6 +306,7 @@ def test_ctrl_c_stops_the_sweep_and_resume_finishes_it(ray_session, tmp_path):
     assert any(0 < r < rounds for r in resumed_from), resumed_from  # continued mid-run
 
 
+@pytest.mark.slow
 def test_sweep_killed_mid_run_then_resumed_finishes_every_trial_once(ray_session, tmp_path):
     rounds, every = 3000, 100
     study = {"name": "killed", "param_space": {

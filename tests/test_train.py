@@ -54,17 +54,20 @@ def table1(data_dir) -> pd.DataFrame:
     return summarize_table1(runs).set_index(["environment", "algorithm"])["mean"]
 
 
+@pytest.mark.slow
 def test_table1_no_attack_no_shift_all_below_015(table1):
     for algo in ("erm", "nbs", "dro", "alg2"):
         assert table1["E0", algo] < 0.15
 
 
+@pytest.mark.slow
 def test_table1_aggressive_attack_breaks_averaging_not_screening(table1):
     for env in ("E1", "E2"):
         assert table1[env, "erm"] > 0.3 and table1[env, "dro"] > 0.3
         assert table1[env, "nbs"] < 0.25 and table1[env, "alg2"] < 0.25
 
 
+@pytest.mark.slow
 def test_table1_alg2_beats_nbs_under_l2_shift(table1):
     for env in ("E2", "E4"):
         assert table1[env, "alg2"] < table1[env, "nbs"]

@@ -83,7 +83,6 @@ import os
 import signal
 import socket
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -91,6 +90,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
+from .._caller import warn_at_caller
 from ..algorithm import DivergenceError, History, RunState, Server
 from ..config import DATA_FIELDS, Config
 from ..core.aggregators import AggregationError
@@ -532,7 +532,7 @@ class RayTrainer:
                     )
             hist, caught = ray.get(fut)
             for category, message in caught:  # as the in-process engine would have warned
-                warnings.warn(message, category, stacklevel=2)
+                warn_at_caller(message, category)  # at the user's call, as in-process
             return hist
         except RayTaskError as exc:
             if isinstance(exc.cause, AggregationError | DivergenceError):

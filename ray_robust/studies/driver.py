@@ -65,6 +65,7 @@ def run_study_full(
     address: str | None = None,
     verbose: int = 0,
     log: Callable[[str], None] | None = print,
+    progress: Callable[[int, int], None] | None = None,
 ) -> StudyResult:
     """Run (or, with ``resume``, continue) a study with Ray Tune and write CSV + PNG.
 
@@ -74,6 +75,8 @@ def run_study_full(
     state, see :func:`trainable`), Tune's trial folders and, after a resume,
     ``superseded/`` (the trial folders of the interrupted run). One run of a study at a time:
     a second one (in another process) raises ``ValueError`` instead of writing beside it.
+    ``progress(done, total)`` is called when the trials start (``done`` = 0) and as each
+    one ends (with ``verbose`` = 0), e.g. to drive a progress bar.
     """
     storage_path = Path(storage).resolve() if storage else _default_storage()
     study = source if isinstance(source, Study) else load_study(source, quick=quick)
@@ -81,7 +84,7 @@ def run_study_full(
     check_against_data(study)
     with _one_run_at_a_time(storage_path, study.experiment_name):
         return _run_study_full(study, storage_path, resume=resume, overwrite=overwrite,
-                               address=address, verbose=verbose, log=log)
+                               address=address, verbose=verbose, log=log, progress=progress)
 
 
 def _one_run_at_a_time(storage_path: Path, name: str):
@@ -180,8 +183,8 @@ def _worker_env() -> dict[str, str]:
 
 
 def _run_study_full(study: Study, storage_path: Path, *, resume: bool, overwrite: bool,
-                    address: str | None, verbose: int,
-                    log: Callable[[str], None] | None) -> StudyResult:
+                    address: str | None, verbose: int, log: Callable[[str], None] | None,
+                    progress: Callable[[int, int], None] | None = None) -> StudyResult:
     from ..engines.ray_engine import ray_session
 
     exp = storage_path / study.experiment_name
@@ -204,11 +207,12 @@ def _run_study_full(study: Study, storage_path: Path, *, resume: bool, overwrite
         _remove_previous_run(exp, study)
     with ray_session(address, worker_env=_worker_env(), configure_logging=False):
         return _fit(study, exp, storage_path, resume=resume, earlier=earlier, verbose=verbose,
-                    log=log)
+                    log=log, progress=progress)
 
 
 def _fit(study: Study, exp: Path, storage_path: Path, *, resume: bool, earlier: list[Path],
-         verbose: int, log: Callable[[str], None] | None) -> StudyResult:
+         verbose: int, log: Callable[[str], None] | None,
+         progress: Callable[[int, int], None] | None = None) -> StudyResult:
     """The study's Tune run, Ray up; its results handed to :func:`finish_study`."""
     from ray import tune
 
@@ -219,6 +223,8 @@ def _fit(study: Study, exp: Path, storage_path: Path, *, resume: bool, earlier: 
     say(f"study {study.experiment_name}: {n_trials} trials ({shape})"
         f"{', resuming' if resume else ''} -> {exp}")
     t0 = time.perf_counter()
+    if progress:
+        progress(0, n_trials)
     # a resumed study is a new Tune run of the whole grid: each trial continues from its own
     # record in the progress store (a finished one only reports its end again), never from
     # Tune's experiment snapshot (see trainable)
@@ -238,8 +244,8 @@ def _fit(study: Study, exp: Path, storage_path: Path, *, resume: bool, earlier: 
                                     max_concurrent_trials=slots),
         run_config=tune.RunConfig(
             name=study.experiment_name, storage_path=str(storage_path), verbose=verbose,
-            callbacks=[*_loggers(), *([_trial_log_class()(n_trials, say, study.axes)]
-                                      if log and verbose == 0 else [])],
+            callbacks=[*_loggers(), *([_trial_log_class()(n_trials, say, study.axes, progress)]
+                                      if (log or progress) and verbose == 0 else [])],
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
         ),
     )
@@ -397,14 +403,25 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _discard(_text: str) -> None:
+    """A printer that prints nothing."""
+
+
 def _trial_log_class():
     from ray.tune import Callback
 
     class TrialLog(Callback):
         """One line per finished trial: '[k/N] axis=value ... -> error=...'."""
 
-        def __init__(self, total: int, say: Callable[[str], None], axes: list[str]):
+        def __init__(self, total: int, say: Callable[[str], None], axes: list[str],
+                     progress: Callable[[int, int], None] | None = None):
             self.total, self.say, self.axes, self.done = total, say, axes, 0
+            self.progress = progress
+
+        def __getstate__(self) -> dict:
+            # Tune pickles its callbacks into the experiment's snapshot: the terminal's
+            # printers (a progress bar's stream) stay in this process
+            return {**self.__dict__, "say": _discard, "progress": None}
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
@@ -413,10 +430,14 @@ def _trial_log_class():
             err = res.get("error")
             self.say(f"  [{self.done}/{self.total}] {point} -> error "
                      f"{err:.4f}" if err is not None else f"  [{self.done}/{self.total}] {point}")
+            if self.progress:
+                self.progress(self.done, self.total)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.done += 1
             self.say(f"  [{self.done}/{self.total}] {trial} FAILED")
+            if self.progress:
+                self.progress(self.done, self.total)
 
     return TrialLog
 
