@@ -183,6 +183,19 @@ class Server:
         self.byzantine = self.adversary.byzantine
         self.rule = build_rule_for(config, problem.shards.sizes)
 
+    def check_state(self, state: RunState) -> RunState:
+        """``state`` if it can continue this run (θ of this model's p entries, a round within
+        T), else one clear ``ValueError`` (a checkpoint of another model or data)."""
+        if np.shape(state.theta) != (self.p,):
+            raise ValueError(
+                f"The run state holds θ of shape {np.shape(state.theta)}, but this run's model "
+                f"'{self.config.model}' has p = {self.p} parameters: it belongs to another "
+                "model or data set. Resume it with its own config and data.")
+        if not 0 <= state.round <= self.config.rounds:
+            raise ValueError(f"The run state is at round {state.round}, outside [0, "
+                             f"{self.config.rounds}] of this run.")
+        return state
+
     def initial_state(self) -> RunState:
         theta0 = self.model.init(
             self.problem.X_train.shape[1], np.random.default_rng(self.seeds.init),
@@ -435,7 +448,7 @@ def run(
     evaluates it: the workers compute round t+1 meanwhile, and ``compute(θ_{t+1}, t + 1)`` then
     collects their messages.
     """
-    state = server.initial_state() if state is None else state
+    state = server.initial_state() if state is None else server.check_state(state)
     t0 = time.perf_counter()
     rounds = server.config.rounds
     launch = getattr(compute, "launch", None)

@@ -28,10 +28,12 @@ a study): an advisory ``flock``, released when the process ends, even by SIGKILL
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import math
 import os
+import socket
 import threading
 from collections.abc import Iterator, Mapping
 from numbers import Integral, Real
@@ -57,19 +59,26 @@ class RecordError(ValueError):
 
 
 # ---- files: atomic, private, cleaned up ------------------------------------------------------
+_HOST = socket.gethostname().replace(".", "_").replace("@", "_")
+
+
 def _tmp_name(target: Path) -> Path:
-    return target.parent / f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    return target.parent / (f".{target.name}.{os.getpid()}.{threading.get_ident()}@{_HOST}"
+                            ".tmp")
 
 
 def remove_stale_tmp(folder: Path, name: str) -> None:
     """Delete the temporary files of ``name`` left in ``folder`` by killed writers (a writer
-    whose process no longer exists); another live writer's file is left alone."""
-    for tmp in folder.glob(f".{name}.*.tmp"):
+    of this host whose process no longer exists); another live writer's file, and any file of
+    another host (a shared folder on NFS), is left alone."""
+    for tmp in folder.glob(f".{glob.escape(name)}.*.tmp"):
+        stem = tmp.name.removeprefix(f".{name}.").removesuffix(".tmp")
+        stem, _, host = stem.partition("@")
         try:
-            pid = int(tmp.name.removeprefix(f".{name}.").split(".")[0])
+            pid = int(stem.split(".")[0])
         except ValueError:
             continue
-        if pid == os.getpid():
+        if pid == os.getpid() or (host and host != _HOST):
             continue
         try:
             os.kill(pid, 0)
@@ -196,6 +205,14 @@ def _is_number(value: object) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
+def _is_finite(value: object) -> bool:
+    """A finite number that a float64 holds (a JSON integer like 10**400 does not)."""
+    try:
+        return _is_number(value) and math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def state_from_snapshot(snapshot: object, config: Config | None, *,
                         where: str = "the snapshot") -> RunState:
     """A :class:`RunState` from ``RunState.to_dict()``'s output, every field checked."""
@@ -206,7 +223,7 @@ def state_from_snapshot(snapshot: object, config: Config | None, *,
         raise bad("its state is not a mapping")
     theta = snapshot.get("theta")
     if (not isinstance(theta, list) or not theta
-            or not all(_is_number(v) and math.isfinite(v) for v in theta)):
+            or not all(_is_finite(v) for v in theta)):
         raise bad("θ is not a non-empty list of finite numbers")
     rnd = snapshot.get("round")
     rounds = None if config is None else config.rounds
@@ -229,7 +246,7 @@ def state_from_snapshot(snapshot: object, config: Config | None, *,
         raise bad("its running totals are not numbers")
     agg = snapshot.get("aggregator_state")
     if agg is not None and (not isinstance(agg, list) or len(agg) != len(theta)
-                            or not all(_is_number(v) and math.isfinite(v) for v in agg)):
+                            or not all(_is_finite(v) for v in agg)):
         raise bad("the aggregator's state is not a finite vector of θ's length")
     warned = snapshot.get("warned", [])
     if not isinstance(warned, list) or not all(isinstance(w, str) for w in warned):

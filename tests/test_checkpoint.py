@@ -261,3 +261,23 @@ def test_records_are_private_files(data_dir, tmp_path):
     train(CFG.replace(rounds=2), checkpoint_dir=folder)
     assert (folder / CHECKPOINT_FILE).stat().st_mode & 0o777 == 0o600
     assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_checkpoint_with_a_huge_integer_in_theta_is_a_clear_error(tmp_path):
+    """json reads 10**400 as an int that no float holds: math.isfinite raised OverflowError."""
+    from ray_robust.run_state import _checksum
+
+    save_checkpoint(tmp_path, CFG, RunState(np.zeros(58), 2, np.random.default_rng(0)))
+    record = json.loads((tmp_path / CHECKPOINT_FILE).read_text())
+    record["state"]["theta"][0] = 10**400
+    record["sha256"] = _checksum({k: v for k, v in record.items() if k != "sha256"})
+    (tmp_path / CHECKPOINT_FILE).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="θ is not a non-empty list of finite numbers"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_of_another_model_is_refused_when_resumed(data_dir, tmp_path):
+    """θ of the wrong length (another model or data): one clear error, not a matmul error."""
+    state = RunState(np.zeros(10), 0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="p = 58 parameters: it belongs to another model"):
+        train(CFG.replace(rounds=2), state=state)

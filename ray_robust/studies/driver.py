@@ -99,9 +99,6 @@ def check_against_data(study: Study) -> None:
     built (split, scaling, shards: e.g. more workers than training samples) and its server
     (model, labels, the rule's precondition). A point that cannot run is one clear error
     naming it, not a trial that fails (and, with ``max_failures``, is retried) inside Tune."""
-    from ..algorithm import Server
-    from .trial import cached_problem
-
     for trial in study.trials:
         try:
             Server(trial.config, cached_problem(trial.config))
@@ -195,10 +192,15 @@ def _run_study_full(study: Study, storage_path: Path, *, resume: bool, overwrite
                              "first (or pass the --storage it used).")
         try:
             saved = json.loads((exp / STUDY_FILE).read_text())
-        except ValueError as exc:
+        except (OSError, ValueError) as exc:
             raise ValueError(f"{exp / STUDY_FILE} is unreadable ({exc}): start the study "
                              "again with --overwrite.") from None
-        study = load_study(saved)
+        resumed = load_study(saved)
+        if resumed.experiment_name != study.experiment_name:
+            raise ValueError(f"{exp / STUDY_FILE} is the study '{resumed.experiment_name}', "
+                             f"not '{study.experiment_name}': it cannot be resumed as this one.")
+        study = resumed
+        check_against_data(study)  # the saved grid is what runs: check it too
         earlier = [d for d in exp.glob("trainable_*") if d.is_dir()]
     elif exp.exists() or exp.is_symlink():
         if not overwrite:
@@ -453,4 +455,3 @@ def run_study(source: str | os.PathLike | Mapping, quick: bool = False,
     kwargs.setdefault("verbose", 0)
     kwargs.setdefault("log", None)
     return run_study_full(source, quick=quick, storage=storage, **kwargs).results
-

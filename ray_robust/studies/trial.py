@@ -100,9 +100,9 @@ class Trial:
         """The placement-group bundles the trial reserves (see :func:`trial_bundles`)."""
         bundles = [{"CPU": 1.0}]
         if self.opts["engine"] == "ray":
-            from ..engines import ray_engine
+            from ..engines.ray_placement import ACTOR_CPUS  # (no Ray import)
 
-            per_actor = float(getattr(ray_engine, "ACTOR_CPUS", 1)) or 1.0
+            per_actor = float(ACTOR_CPUS) or 1.0  # 0 CPUs: a bundle of zeros is invalid
             bundles += [{"CPU": per_actor}] * trial_actors(self.opts, self.config.n_workers)
         return bundles
 
