@@ -367,15 +367,11 @@ def prepare(
     (:func:`ray_robust.load_problem` does it for a user's file). The fitted standardization
     is kept as ``Problem.scaler``.
     """
-    _check_numeric_labels(y, "prepare")
+    n_workers = _check_inputs(y, n_workers, standardize, sharding, "prepare")
     train_fraction = check_real(
         train_fraction, "train_fraction", "prepare", low=0, high=1, low_open=True, high_open=True
     )
-    check_choice(standardize, "standardize", "prepare", STANDARDIZE)
-    n_workers = check_int(n_workers, "n_workers", "prepare", low=1)
-    seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    split_seq, shard_seq = seq.spawn(2)
-    check_choice(sharding, "sharding", "prepare", SHARDINGS)
+    split_seq, shard_seq = _seed_sequence(seed).spawn(2)
     if is_classification(y):
         tr, te = stratified_split(y, train_fraction, np.random.default_rng(split_seq))
     else:
@@ -388,19 +384,8 @@ def prepare(
             f" sample of the {y.size}. Got {train_fraction!r} instead; use a fraction that "
             f"keeps both sets non-empty (e.g. 0.8)."
         )
-    if n_workers > tr.size:
-        raise ValueError(
-            f"The 'n_workers' parameter must be at most the number of training samples "
-            f"({tr.size}). Got {n_workers} instead."
-        )
-    X_tr, X_te = X[tr], X[te]
-    scaler = Scaler.fit(X_tr) if standardize == "zscore" else None
-    if scaler is not None:
-        X_tr, X_te = scaler.transform(X_tr), scaler.transform(X_te)
-    y_tr, y_te = y[tr].astype(np.float64), y[te].astype(np.float64)
-    shards = make_shards(X_tr, y_tr, n_workers, np.random.default_rng(shard_seq),
-                         sharding=sharding, dirichlet_alpha=dirichlet_alpha)
-    return Problem(X_tr, y_tr, X_te, y_te, shards, scaler)
+    return _scale_and_shard(X[tr], y[tr], X[te], y[te], n_workers, standardize, shard_seq,
+                            sharding, dirichlet_alpha)
 
 
 def prepare_all(
@@ -414,23 +399,47 @@ def prepare_all(
     dirichlet_alpha: float = 1.0,
 ) -> Problem:
     """As :func:`prepare`, but every sample trains (no test split: the run's "test" metrics are
-    on the training data); used by :class:`ray_robust.RobustClassifier`."""
-    _check_numeric_labels(y, "prepare_all")
-    check_choice(standardize, "standardize", "prepare_all", STANDARDIZE)
-    n_workers = check_int(n_workers, "n_workers", "prepare_all", low=1)
-    check_choice(sharding, "sharding", "prepare_all", SHARDINGS)
-    seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    if n_workers > y.size:
+    on the training data); used by :class:`ray_robust.RobustClassifier`. The shards come from
+    the same seed stream as :func:`prepare`'s."""
+    n_workers = _check_inputs(y, n_workers, standardize, sharding, "prepare_all")
+    return _scale_and_shard(X, y, None, None, n_workers, standardize,
+                            _seed_sequence(seed).spawn(2)[1], sharding, dirichlet_alpha)
+
+
+def _seed_sequence(seed: int | np.random.SeedSequence) -> np.random.SeedSequence:
+    return seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+
+
+def _check_inputs(y, n_workers, standardize: str, sharding: str, owner: str) -> int:
+    """The checks :func:`prepare` and :func:`prepare_all` share; the checked ``n_workers``."""
+    _check_numeric_labels(y, owner)
+    check_choice(standardize, "standardize", owner, STANDARDIZE)
+    n_workers = check_int(n_workers, "n_workers", owner, low=1)
+    check_choice(sharding, "sharding", owner, SHARDINGS)
+    return n_workers
+
+
+def _scale_and_shard(X_tr, y_tr, X_te, y_te, n_workers: int, standardize: str,
+                     shard_seq: np.random.SeedSequence, sharding: str,
+                     dirichlet_alpha: float) -> Problem:
+    """Standardize with the training statistics and shard the training set (``X_te`` None:
+    the training set is also the test set)."""
+    if n_workers > y_tr.size:
         raise ValueError(
             f"The 'n_workers' parameter must be at most the number of training samples "
-            f"({y.size}). Got {n_workers} instead; use fewer workers or more samples."
+            f"({y_tr.size}). Got {n_workers} instead; use fewer workers or more samples."
         )
-    scaler = Scaler.fit(X) if standardize == "zscore" else None
-    Xs = X if scaler is None else scaler.transform(X)
-    ys = y.astype(np.float64)
-    shards = make_shards(Xs, ys, n_workers, np.random.default_rng(seq.spawn(2)[1]),
+    scaler = Scaler.fit(X_tr) if standardize == "zscore" else None
+    if scaler is not None:
+        X_tr, X_te = scaler.transform(X_tr), None if X_te is None else scaler.transform(X_te)
+    y_tr = y_tr.astype(np.float64)
+    if X_te is None:
+        X_te, y_te = X_tr, y_tr
+    else:
+        y_te = y_te.astype(np.float64)
+    shards = make_shards(X_tr, y_tr, n_workers, np.random.default_rng(shard_seq),
                          sharding=sharding, dirichlet_alpha=dirichlet_alpha)
-    return Problem(Xs, ys, Xs, ys, shards, scaler)
+    return Problem(X_tr, y_tr, X_te, y_te, shards, scaler)
 
 
 def _check_numeric_labels(y, owner: str) -> None:

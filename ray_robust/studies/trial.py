@@ -205,20 +205,26 @@ def progress_path(exp: str | os.PathLike, values: Mapping[str, Any]) -> Path:
     return Path(exp) / PROGRESS_DIR / f"{trial_key(values)}.json"
 
 
+def _write_trial_record(target: Path, values: Mapping[str, Any], state: RunState,
+                        config: Config | None) -> Path:
+    """A trial's run-state record (:mod:`ray_robust.run_state`: atomic, checksummed, owned by
+    the trial's values)."""
+    return write_record(target, kind=RECORD_KIND, owner=json.loads(_canonical(values)),
+                        config=config, state=state)
+
+
 def save_trial_progress(exp: str | os.PathLike, values: Mapping[str, Any], state: RunState,
                         config: Config | None = None) -> Path:
-    """Save a trial's run state as a run-state record (:mod:`ray_robust.run_state`: atomic,
-    checksummed, owned by the trial's values): what :func:`trial_progress` reads back."""
-    return write_record(progress_path(exp, values), kind=RECORD_KIND,
-                        owner=json.loads(_canonical(values)), config=config, state=state)
+    """Save a trial's run state in the study's progress store: what :func:`trial_progress`
+    reads back."""
+    return _write_trial_record(progress_path(exp, values), values, state, config)
 
 
 def save_final_state(folder: str | os.PathLike, values: Mapping[str, Any], state: RunState,
                      config: Config | None = None) -> Path:
     """The trial's final state as ``folder/run_state.json`` (the Tune checkpoint's content):
     the same kind of record as its progress."""
-    return write_record(Path(folder) / CHECKPOINT_FILE, kind=RECORD_KIND,
-                        owner=json.loads(_canonical(values)), config=config, state=state)
+    return _write_trial_record(Path(folder) / CHECKPOINT_FILE, values, state, config)
 
 
 def trial_progress(exp: str | os.PathLike, values: Mapping[str, Any],
