@@ -156,3 +156,19 @@ def test_dashboard_without_its_packages_is_one_line_before_ray_starts(data_dir):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("ray-robust: error: --dashboard needs")
     assert "Traceback" not in proc.stderr
+
+
+def test_a_local_session_restores_the_drivers_environment():
+    """The workers' variables set for a local instance are undone when it shuts down."""
+    code = (
+        "import os\n"
+        "from ray_robust.engines.ray_engine import ray_session\n"
+        "os.environ['RAY_ROBUST_KEPT'] = 'before'\n"
+        "with ray_session(worker_env={'RAY_ROBUST_KEPT': 'during', 'RAY_ROBUST_NEW': '1'}):\n"
+        "    assert os.environ['RAY_ROBUST_KEPT'] == 'during'\n"
+        "print(os.environ.get('RAY_ROBUST_KEPT'), os.environ.get('RAY_ROBUST_NEW'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False, env={**os.environ, "RAY_ADDRESS": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["before", "None"]
