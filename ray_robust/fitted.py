@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ._files import write_bytes_atomic
 from .config import Config
 from .core.models import MODEL_OPTIONS, MODELS, get_model, sigmoid, softmax
 from .data import BINARY_MODELS, LabelEncoding, Problem, Scaler
@@ -155,7 +156,6 @@ class FittedModel:
         """Write ``folder/model.json`` (spec, names, encoding, config) and ``folder/model.npz``
         (θ, the standardization statistics), each atomically; returns the folder."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         arrays = {"theta": self.theta}
         if self.scaler is not None:
             arrays.update(mean=self.scaler.mean, scale=self.scaler.scale)
@@ -172,8 +172,9 @@ class FittedModel:
                 "feature_names": None if self.feature_names is None else list(self.feature_names),
                 "labels": labels, "config": self.config,
                 "arrays_sha256": hashlib.sha256(payload).hexdigest()}
-        _write_atomic(folder / MODEL_ARRAYS, payload)
-        _write_atomic(folder / MODEL_JSON, json.dumps(body, indent=1, default=str).encode())
+        write_bytes_atomic(folder / MODEL_ARRAYS, payload)
+        write_bytes_atomic(folder / MODEL_JSON,
+                           json.dumps(body, indent=1, default=str).encode())
         return folder
 
 
@@ -195,12 +196,6 @@ def _label_kind(classes: np.ndarray) -> str:
     if np.issubdtype(classes.dtype, np.floating):
         return "float"
     return "str"
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(payload)
-    tmp.replace(path)
 
 
 def load_model(folder: str | os.PathLike) -> FittedModel:

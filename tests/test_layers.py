@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ray_robust"
 #: module (or package prefix) → layer; a module may import its own layer or lower ones
 LAYERS: dict[str, int] = {
     "ray_robust._validation": 0,
+    "ray_robust._files": 0,
     "ray_robust._caller": 0,
     "ray_robust.terminal": 0,
     "ray_robust.core": 0,
